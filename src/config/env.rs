@@ -1,0 +1,162 @@
+//! Environment overrides: `LYNKR_*` settings, and the variables of the
+//! original Node.js Lynkr (`MODEL_PROVIDER`, `OPENAI_API_KEY`, `PORT`, ...)
+//! so its users can start from their existing environment. The README's
+//! table lists each variable and what it sets.
+
+use super::{Config, LogFormat, Preset, ProviderConfig, ProviderKind, Problem};
+use std::collections::BTreeMap;
+
+/// Values of `MODEL_PROVIDER` this build serves.
+pub const LEGACY_PROVIDERS: &[&str] = &[
+    "openai",
+    "openrouter",
+    "azure-openai",
+    "databricks",
+    "llamacpp",
+    "lmstudio",
+];
+
+pub(super) fn apply(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
+    let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let mut problems = Vec::new();
+
+    if let Some(v) = get("LYNKR_LISTEN") {
+        config.server.listen = v.split(',').map(|s| s.trim().to_string()).collect();
+    }
+    if let Some(v) = get("PORT") {
+        match v.trim().parse::<u16>() {
+            Ok(port) => {
+                for addr in &mut config.server.listen {
+                    let host = addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+                    *addr = format!("{host}:{port}");
+                }
+            }
+            Err(_) => problems.push(Problem::new("PORT", format!("not a port number: {v:?}"))),
+        }
+    }
+    parse_into(&get, "LYNKR_THREADS", &mut config.server.threads, &mut problems);
+    parse_into(&get, "LYNKR_MAX_BODY_BYTES", &mut config.limits.max_body_bytes, &mut problems);
+    if let Some(v) = get("LYNKR_LOG_LEVEL").or_else(|| get("LOG_LEVEL")) {
+        config.logging.level = v;
+    }
+    if let Some(v) = get("LYNKR_LOG_FORMAT") {
+        match v.as_str() {
+            "auto" => config.logging.format = LogFormat::Auto,
+            "json" => config.logging.format = LogFormat::Json,
+            "text" => config.logging.format = LogFormat::Text,
+            _ => problems.push(Problem::new("LYNKR_LOG_FORMAT", "must be auto, json or text")),
+        }
+    }
+    if let Some(v) = get("LYNKR_DEFAULT_MODEL") {
+        config.models.default = Some(v);
+    }
+
+    if let Some(name) = get("MODEL_PROVIDER") {
+        let name = name.trim().to_ascii_lowercase();
+        match legacy_provider(&name, &get) {
+            Some(provider) => {
+                config.providers.insert(name.clone(), provider);
+                config.models.default = Some(name);
+            }
+            None => problems.push(Problem::new(
+                "MODEL_PROVIDER",
+                format!(
+                    "unknown provider {name:?} (this build serves: {})",
+                    LEGACY_PROVIDERS.join(", ")
+                ),
+            )),
+        }
+    }
+    problems
+}
+
+fn parse_into<T: std::str::FromStr>(
+    get: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+    target: &mut T,
+    problems: &mut Vec<Problem>,
+) {
+    if let Some(v) = get(name) {
+        match v.trim().parse() {
+            Ok(parsed) => *target = parsed,
+            Err(_) => problems.push(Problem::new(name, format!("not a number: {v:?}"))),
+        }
+    }
+}
+
+/// The provider the original Lynkr built for `MODEL_PROVIDER=name`.
+fn legacy_provider(name: &str, get: &dyn Fn(&str) -> Option<String>) -> Option<ProviderConfig> {
+    let or = |var: &str, default: &str| get(var).unwrap_or_else(|| default.to_string());
+    let provider = |preset, base_url: String, key: Option<&str>, model: String| ProviderConfig {
+        kind: ProviderKind::Openai,
+        preset,
+        base_url,
+        api_key_env: key.map(str::to_string),
+        model: Some(model),
+        deployment: None,
+        api_version: None,
+        max_tokens_field: None,
+        reasoning: None,
+        max_output_tokens: None,
+        headers: BTreeMap::new(),
+    };
+    Some(match name {
+        "openai" => provider(
+            Preset::Openai,
+            or("OPENAI_ENDPOINT", "https://api.openai.com/v1/chat/completions"),
+            Some("OPENAI_API_KEY"),
+            or("OPENAI_MODEL", "gpt-4o"),
+        ),
+        "openrouter" => {
+            let mut p = provider(
+                Preset::Openrouter,
+                or("OPENROUTER_ENDPOINT", "https://openrouter.ai/api/v1/chat/completions"),
+                Some("OPENROUTER_API_KEY"),
+                or("OPENROUTER_MODEL", "openai/gpt-4o-mini"),
+            );
+            p.headers.insert("HTTP-Referer".into(), "https://github.com/lynkr".into());
+            p.headers.insert("X-Title".into(), "Lynkr".into());
+            p
+        }
+        "azure-openai" => {
+            let deployment = or("AZURE_OPENAI_DEPLOYMENT", "gpt-4o");
+            let mut p = provider(
+                Preset::Azure,
+                get("AZURE_OPENAI_ENDPOINT").unwrap_or_default(),
+                Some("AZURE_OPENAI_API_KEY"),
+                deployment.clone(),
+            );
+            p.deployment = Some(deployment);
+            p.api_version = Some(or("AZURE_OPENAI_API_VERSION", super::validate::AZURE_DEFAULT_API_VERSION));
+            p
+        }
+        "databricks" => {
+            let base = get("DATABRICKS_API_BASE").unwrap_or_default();
+            let path = or(
+                "DATABRICKS_ENDPOINT_PATH",
+                "/serving-endpoints/databricks-claude-sonnet-4-5/invocations",
+            );
+            let model = path
+                .trim_matches('/')
+                .split('/')
+                .nth(1)
+                .unwrap_or("databricks")
+                .to_string();
+            let url = format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'));
+            provider(Preset::Databricks, url, Some("DATABRICKS_API_KEY"), model)
+        }
+        "llamacpp" => provider(
+            Preset::Llamacpp,
+            or("LLAMACPP_ENDPOINT", "http://localhost:8080"),
+            None,
+            or("LLAMACPP_MODEL", "default"),
+        ),
+        "lmstudio" => provider(
+            Preset::Lmstudio,
+            or("LMSTUDIO_ENDPOINT", "http://localhost:1234"),
+            None,
+            or("LMSTUDIO_MODEL", "default"),
+        ),
+        _ => return None,
+    })
+}

@@ -1,0 +1,315 @@
+//! Typed configuration: a YAML file (or the embedded default), then
+//! environment overrides, then validation that reports every problem with
+//! its path. Every field here is read by the gateway; `conf/lynkr.yaml`
+//! documents each one with its default.
+
+mod env;
+mod validate;
+
+pub use validate::AZURE_DEFAULT_API_VERSION;
+
+pub use validate::Problem;
+
+use crate::providers::openai::{MaxTokensField, ReasoningStyle};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The documented default configuration, used when no file is given.
+pub const DEFAULT_YAML: &str = include_str!("../../conf/lynkr.yaml");
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub timeouts: TimeoutsConfig,
+    pub logging: LoggingConfig,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub models: ModelsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            limits: LimitsConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            logging: LoggingConfig::default(),
+            providers: BTreeMap::new(),
+            models: ModelsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `host:port` addresses to listen on.
+    pub listen: Vec<String>,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    pub pid_file: String,
+    /// Unix socket over which a new binary (`-u`) takes the listeners.
+    pub upgrade_sock: String,
+    /// Seconds between SIGTERM and the start of the final shutdown.
+    pub grace_period_seconds: u64,
+    /// Seconds the final shutdown may take.
+    pub graceful_shutdown_timeout_seconds: u64,
+    /// Run in the background (also `-d`).
+    pub daemon: bool,
+    /// File for the error log when daemonized.
+    pub error_log: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec!["127.0.0.1:8080".into()],
+            threads: 2,
+            pid_file: "/tmp/lynkr.pid".into(),
+            upgrade_sock: "/tmp/lynkr_upgrade.sock".into(),
+            grace_period_seconds: 30,
+            graceful_shutdown_timeout_seconds: 10,
+            daemon: false,
+            error_log: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body accepted (bytes).
+    pub max_body_bytes: usize,
+    /// Largest non-streaming upstream response read (bytes).
+    pub max_response_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 32 * 1024 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// TCP (and TLS) connect to a provider.
+    pub connect_ms: u64,
+    /// From the request sent to the response header (time to first token
+    /// for streams; the whole generation for non-streaming requests).
+    pub first_byte_ms: u64,
+    /// Longest silence while reading a response body or stream.
+    pub read_ms: u64,
+    /// Longest wait while writing the request to a provider.
+    pub write_ms: u64,
+    /// How long an idle pooled upstream connection is kept.
+    pub pool_idle_ms: u64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect_ms: 10_000,
+            first_byte_ms: 600_000,
+            read_ms: 300_000,
+            write_ms: 60_000,
+            pool_idle_ms: 90_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text on a terminal, JSON lines otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// trace, debug, info, warn or error (or a tracing filter directive).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions.
+    Openai,
+}
+
+/// Presets fill in URL shape, authentication and translation defaults.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    Openai,
+    Azure,
+    Openrouter,
+    Databricks,
+    Llamacpp,
+    Lmstudio,
+    Vllm,
+    /// Any other OpenAI-compatible server.
+    Generic,
+}
+
+impl Preset {
+    /// Hosted services need a key; local servers do not.
+    pub fn requires_key(self) -> bool {
+        matches!(
+            self,
+            Preset::Openai | Preset::Azure | Preset::Openrouter | Preset::Databricks
+        )
+    }
+
+    pub fn default_max_tokens_field(self) -> MaxTokensField {
+        match self {
+            Preset::Openai | Preset::Azure => MaxTokensField::MaxCompletionTokens,
+            _ => MaxTokensField::MaxTokens,
+        }
+    }
+
+    pub fn default_reasoning(self) -> ReasoningStyle {
+        match self {
+            Preset::Openrouter => ReasoningStyle::Openrouter,
+            _ => ReasoningStyle::None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    #[serde(default = "default_kind")]
+    pub kind: ProviderKind,
+    #[serde(default = "default_preset")]
+    pub preset: Preset,
+    /// Base URL (`https://api.openai.com/v1`) or the full chat completions URL.
+    /// Azure: the resource URL; the deployment path is added.
+    pub base_url: String,
+    /// Name of the environment variable holding the API key (never the key).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Model sent upstream when a route names only the provider.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Azure: the deployment name (default: `model`).
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// Azure: the `api-version` query parameter.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Default by preset: `max_completion_tokens` for openai/azure, else `max_tokens`.
+    #[serde(default)]
+    pub max_tokens_field: Option<MaxTokensField>,
+    /// Default by preset: `openrouter` for OpenRouter, else `none`.
+    #[serde(default)]
+    pub reasoning: Option<ReasoningStyle>,
+    /// Caps the client's `max_tokens` (no cap by default).
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+    /// Extra request headers (OpenRouter attribution, gateways' own headers).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_kind() -> ProviderKind {
+    ProviderKind::Openai
+}
+
+fn default_preset() -> Preset {
+    Preset::Generic
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// `provider` or `provider:model` for client models no route matches.
+    pub default: Option<String>,
+    /// Tried in order; the first whose `match` (a name or `*`/`?` glob) fits wins.
+    pub routes: Vec<ModelRoute>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRoute {
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub target: String,
+}
+
+/// A configuration that failed to load: every problem found.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.0 {
+            writeln!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Parse YAML text; a type error is reported with its path.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.inner().to_string();
+            // serde_yaml starts its message with (part of) the path already.
+            let message = match message.split_once(": ") {
+                Some((head, rest)) if path.starts_with(head) => rest.to_string(),
+                _ => message,
+            };
+            ConfigErrors(vec![Problem::new(if path == "." { "config".into() } else { path }, message)])
+        })
+    }
+
+    /// Load `path` (or the embedded default), apply the environment, validate.
+    pub fn load(path: Option<&str>) -> Result<Config, ConfigErrors> {
+        Self::load_with_env(path, &|name| std::env::var(name).ok())
+    }
+
+    /// As `load`, with the environment given as a lookup function (for tests).
+    pub fn load_with_env(
+        path: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| {
+                ConfigErrors(vec![Problem::new(p.to_string(), format!("cannot read: {e}"))])
+            })?,
+            None => DEFAULT_YAML.to_string(),
+        };
+        let mut config = Self::from_yaml(&text)?;
+        let mut problems = env::apply(&mut config, env);
+        problems.extend(validate::validate(&config, env));
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

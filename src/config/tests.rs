@@ -1,0 +1,133 @@
+use super::*;
+use std::collections::HashMap;
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    move |k: &str| map.get(k).cloned()
+}
+
+fn load_text(yaml: &str, env: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+    let dir = std::env::temp_dir().join(format!("lynkr-cfg-{}", crate::util::unique_id()));
+    std::fs::write(&dir, yaml).unwrap();
+    let r = Config::load_with_env(Some(dir.to_str().unwrap()), &env_of(env));
+    std::fs::remove_file(&dir).unwrap();
+    r.map_err(|e| e.0.iter().map(|p| p.to_string()).collect())
+}
+
+#[test]
+fn embedded_default_is_valid_and_matches_the_code_defaults() {
+    let c = Config::load_with_env(None, &env_of(&[])).unwrap();
+    assert_eq!(c.server.listen, ["127.0.0.1:8080"]);
+    assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);
+    // The documented file states every default the code has.
+    assert_eq!(c.server, ServerConfig::default());
+    assert_eq!(c.limits, LimitsConfig::default());
+    assert_eq!(c.timeouts, TimeoutsConfig::default());
+    assert_eq!(c.logging, LoggingConfig::default());
+    assert_eq!(c.models.default.as_deref(), Some("local"));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let errs = load_text(
+        "server: {listen: ['nonsense'], threads: 0}\n\
+         providers:\n  openai: {preset: openai, base_url: 'not a url'}\n  az: {preset: azure, base_url: 'https://x', api_key_env: MISSING_KEY}\n\
+         models:\n  default: nope\n  routes: [{match: 'claude-*', target: 'openai'}]\n",
+        &[],
+    )
+    .unwrap_err();
+    for expected in [
+        "server.listen.0: not an address",
+        "server.threads: must be at least 1",
+        "providers.openai.base_url: not a URL",
+        "providers.openai.api_key_env: required for preset",
+        "providers.az.api_key_env: environment variable MISSING_KEY is not set",
+        "providers.az.deployment: required for Azure",
+        "models.default: unknown provider \"nope\"",
+        "models.routes.0.target: no model given",
+    ] {
+        assert!(errs.iter().any(|e| e.starts_with(expected)), "missing {expected:?} in {errs:#?}");
+    }
+}
+
+#[test]
+fn type_errors_and_unknown_keys_name_the_path() {
+    let errs = load_text("limits: {max_body_bytes: lots}\n", &[]).unwrap_err();
+    assert!(errs[0].starts_with("limits.max_body_bytes: invalid type"), "{errs:?}");
+    let errs = load_text("server: {listn: []}\n", &[]).unwrap_err();
+    assert!(errs[0].starts_with("server.listn: unknown field `listn`"), "{errs:?}");
+}
+
+#[test]
+fn legacy_environment_serves_openai() {
+    let env = [
+        ("MODEL_PROVIDER", "openai"),
+        ("OPENAI_ENDPOINT", "http://127.0.0.1:9000/v1/chat/completions"),
+        ("OPENAI_API_KEY", "x"),
+        ("OPENAI_MODEL", "gpt-4o"),
+        ("PORT", "18090"),
+    ];
+    let c = Config::load_with_env(None, &env_of(&env)).unwrap();
+    assert_eq!(c.server.listen, ["127.0.0.1:18090"]);
+    assert_eq!(c.models.default.as_deref(), Some("openai"));
+    let p = &c.providers["openai"];
+    assert_eq!(p.base_url, "http://127.0.0.1:9000/v1/chat/completions");
+    assert_eq!(p.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+    assert_eq!(p.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(p.preset, Preset::Openai);
+}
+
+#[test]
+fn legacy_environment_other_providers() {
+    let c = Config::load_with_env(None, &env_of(&[
+        ("MODEL_PROVIDER", "azure-openai"),
+        ("AZURE_OPENAI_ENDPOINT", "https://r.openai.azure.com"),
+        ("AZURE_OPENAI_API_KEY", "k"),
+        ("AZURE_OPENAI_DEPLOYMENT", "dep"),
+        ("AZURE_OPENAI_API_VERSION", "2025-01-01"),
+    ])).unwrap();
+    let p = &c.providers["azure-openai"];
+    assert_eq!((p.deployment.as_deref(), p.api_version.as_deref()), (Some("dep"), Some("2025-01-01")));
+
+    let c = Config::load_with_env(None, &env_of(&[
+        ("MODEL_PROVIDER", "databricks"),
+        ("DATABRICKS_API_BASE", "https://w.cloud.databricks.com"),
+        ("DATABRICKS_API_KEY", "k"),
+        ("DATABRICKS_ENDPOINT_PATH", "/serving-endpoints/my-llm/invocations"),
+    ])).unwrap();
+    let p = &c.providers["databricks"];
+    assert_eq!(p.base_url, "https://w.cloud.databricks.com/serving-endpoints/my-llm/invocations");
+    assert_eq!(p.model.as_deref(), Some("my-llm"));
+
+    for (name, endpoint_var, model_var) in [("llamacpp", "LLAMACPP_ENDPOINT", "LLAMACPP_MODEL"), ("lmstudio", "LMSTUDIO_ENDPOINT", "LMSTUDIO_MODEL")] {
+        let c = Config::load_with_env(None, &env_of(&[("MODEL_PROVIDER", name), (endpoint_var, "http://127.0.0.1:5555"), (model_var, "qwen")])).unwrap();
+        assert_eq!(c.providers[name].base_url, "http://127.0.0.1:5555");
+        assert_eq!(c.providers[name].model.as_deref(), Some("qwen"));
+    }
+
+    let c = Config::load_with_env(None, &env_of(&[("MODEL_PROVIDER", "openrouter"), ("OPENROUTER_API_KEY", "k"), ("OPENROUTER_MODEL", "x/y")])).unwrap();
+    assert_eq!(c.providers["openrouter"].headers["X-Title"], "Lynkr");
+}
+
+#[test]
+fn unknown_provider_and_missing_key_are_errors() {
+    let errs = Config::load_with_env(None, &env_of(&[("MODEL_PROVIDER", "gemini")])).unwrap_err().0;
+    assert!(errs[0].to_string().starts_with("MODEL_PROVIDER: unknown provider \"gemini\""), "{errs:?}");
+    let errs = Config::load_with_env(None, &env_of(&[("MODEL_PROVIDER", "openai")])).unwrap_err().0;
+    assert_eq!(errs[0].to_string(), "providers.openai.api_key_env: environment variable OPENAI_API_KEY is not set");
+    let errs = Config::load_with_env(None, &env_of(&[("PORT", "eighty")])).unwrap_err().0;
+    assert_eq!(errs[0].path, "PORT");
+}
+
+#[test]
+fn lynkr_overrides() {
+    let c = Config::load_with_env(None, &env_of(&[
+        ("LYNKR_LISTEN", "127.0.0.1:1,127.0.0.1:2"),
+        ("LYNKR_MAX_BODY_BYTES", "1000"),
+        ("LOG_LEVEL", "debug"),
+        ("LYNKR_THREADS", "4"),
+    ])).unwrap();
+    assert_eq!(c.server.listen, ["127.0.0.1:1", "127.0.0.1:2"]);
+    assert_eq!((c.limits.max_body_bytes, c.server.threads), (1000, 4));
+    assert_eq!(c.logging.level, "debug");
+}

@@ -1,0 +1,131 @@
+//! Semantic checks of a parsed configuration: every problem, with its path.
+
+use super::{Config, Preset};
+use std::net::SocketAddr;
+
+pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
+    let mut p = Vec::new();
+    if c.server.listen.is_empty() {
+        p.push(Problem::new("server.listen", "at least one address is required"));
+    }
+    for (i, addr) in c.server.listen.iter().enumerate() {
+        if addr.parse::<SocketAddr>().is_err() {
+            p.push(Problem::new(
+                format!("server.listen.{i}"),
+                format!("not an address (ip:port): {addr:?}"),
+            ));
+        }
+    }
+    if c.server.threads == 0 {
+        p.push(Problem::new("server.threads", "must be at least 1"));
+    }
+    if c.limits.max_body_bytes == 0 {
+        p.push(Problem::new("limits.max_body_bytes", "must be greater than 0"));
+    }
+    if c.limits.max_response_bytes == 0 {
+        p.push(Problem::new("limits.max_response_bytes", "must be greater than 0"));
+    }
+    let t = &c.timeouts;
+    for (name, v) in [
+        ("connect_ms", t.connect_ms),
+        ("first_byte_ms", t.first_byte_ms),
+        ("read_ms", t.read_ms),
+        ("write_ms", t.write_ms),
+        ("pool_idle_ms", t.pool_idle_ms),
+    ] {
+        if v == 0 {
+            p.push(Problem::new(format!("timeouts.{name}"), "must be greater than 0"));
+        }
+    }
+    if c.logging.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+        p.push(Problem::new("logging.level", format!("not a log level or filter: {:?}", c.logging.level)));
+    }
+
+    if c.providers.is_empty() {
+        p.push(Problem::new("providers", "at least one provider is required"));
+    }
+    for (name, prov) in &c.providers {
+        let path = format!("providers.{name}");
+        match url::Url::parse(&prov.base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            _ => p.push(Problem::new(
+                format!("{path}.base_url"),
+                format!("not a URL: {:?}", prov.base_url),
+            )),
+        }
+        match &prov.api_key_env {
+            Some(var) if env(var).is_none_or(|v| v.is_empty()) => p.push(Problem::new(
+                format!("{path}.api_key_env"),
+                format!("environment variable {var} is not set"),
+            )),
+            None if prov.preset.requires_key() => p.push(Problem::new(
+                format!("{path}.api_key_env"),
+                format!("required for preset {:?}: name the variable holding the API key", prov.preset),
+            )),
+            _ => {}
+        }
+        if prov.preset == Preset::Azure && prov.deployment.is_none() && prov.model.is_none() {
+            p.push(Problem::new(format!("{path}.deployment"), "required for Azure (or set model)"));
+        }
+        if prov.max_output_tokens == Some(0) {
+            p.push(Problem::new(format!("{path}.max_output_tokens"), "must be greater than 0"));
+        }
+        for header in prov.headers.keys() {
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                p.push(Problem::new(format!("{path}.headers.{header}"), "not a valid header name"));
+            }
+        }
+    }
+
+    if c.models.default.is_none() && c.models.routes.is_empty() {
+        p.push(Problem::new("models", "no route: set models.default or models.routes"));
+    }
+    if let Some(target) = &c.models.default {
+        check_target(c, "models.default", target, &mut p);
+    }
+    for (i, route) in c.models.routes.iter().enumerate() {
+        if route.pattern.trim().is_empty() {
+            p.push(Problem::new(format!("models.routes.{i}.match"), "must not be empty"));
+        }
+        check_target(c, &format!("models.routes.{i}.target"), &route.target, &mut p);
+    }
+    p
+}
+
+fn check_target(c: &Config, path: &str, target: &str, p: &mut Vec<Problem>) {
+    let (provider, model) = match target.split_once(':') {
+        Some((prov, model)) => (prov, Some(model)),
+        None => (target, None),
+    };
+    match c.providers.get(provider) {
+        None => p.push(Problem::new(path, format!("unknown provider {provider:?}"))),
+        Some(prov) if model.is_none_or(str::is_empty) && prov.model.is_none() => p.push(Problem::new(
+            path,
+            format!("no model given and provider {provider:?} has no default model"),
+        )),
+        _ => {}
+    }
+}

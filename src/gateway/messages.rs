@@ -1,0 +1,186 @@
+//! `POST /v1/messages`: read and validate the body, route it, translate it,
+//! exchange it with the provider, and translate the answer back (JSON, or
+//! SSE event by event as the upstream chunks arrive).
+
+use super::{respond, Gateway, RequestCtx};
+use crate::protocol::error::ApiError;
+use crate::protocol::sse::message_events;
+use crate::protocol::validate::parse_messages_request;
+use crate::providers::openai::request::to_chat_request;
+use crate::providers::openai::response::to_message;
+use crate::providers::openai::stream::{Progress, StreamTranslator};
+use crate::upstream::Exchange;
+use bytes::{Bytes, BytesMut};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use std::time::Duration;
+
+/// After `[DONE]`, how long to wait for the rest of the upstream body so the
+/// connection can go back to the pool.
+const DRAIN_AFTER_DONE: Duration = Duration::from_secs(1);
+
+pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+    let body = read_body(session, gw.limits.max_body_bytes).await?;
+    let req = parse_messages_request(&body)?;
+    drop(body);
+    ctx.model = Some(req.model.clone());
+    ctx.stream = req.is_stream();
+    let target = gw
+        .router
+        .resolve(&req.model)
+        .ok_or_else(|| ApiError::not_found(format!("model: no route for {:?}", req.model)))?;
+    let provider = &target.provider;
+    ctx.route = Some(format!("{}/{}", provider.name, target.model));
+
+    let chat = to_chat_request(&req, &target.model, &provider.openai)?;
+    let upstream_body = serde_json::to_vec(&chat)
+        .map_err(|e| ApiError::api(format!("cannot encode the upstream request: {e}")))?;
+    drop(chat);
+
+    let mut ex = gw
+        .upstream
+        .send(provider, Bytes::from(upstream_body), ctx.stream, &ctx.request_id)
+        .await?;
+    ctx.first_byte_ms = Some(ctx.started.elapsed().as_millis() as u64);
+    if !(200..300).contains(&ex.status) {
+        let (err, ex) = ex.into_error(&provider.name).await;
+        gw.upstream.finish(ex).await;
+        return Err(err);
+    }
+    let is_sse = ex
+        .header("content-type")
+        .is_some_and(|c| c.contains("text/event-stream"));
+    if ctx.stream && is_sse {
+        return stream(gw, session, ctx, ex, &req.model, &provider.name).await;
+    }
+
+    // A whole JSON completion (also when a server ignored `stream: true`).
+    let body = match ex.read_all(&provider.name, gw.limits.max_response_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            ex.abort().await;
+            return Err(e);
+        }
+    };
+    gw.upstream.finish(ex).await;
+    let message = to_message(&body, &req.model)?;
+    ctx.input_tokens = message.usage.input_tokens + message.usage.cache_read_input_tokens;
+    ctx.output_tokens = message.usage.output_tokens;
+    if ctx.stream {
+        let events = message_events(&message);
+        write_sse_header(session, ctx).await.map_err(client_gone)?;
+        let _ = session.write_response_body(Some(events.freeze()), true).await;
+        return Ok(());
+    }
+    let json = serde_json::to_vec(&message).map_err(|e| ApiError::api(e.to_string()))?;
+    respond::json(session, ctx, 200, json).await;
+    Ok(())
+}
+
+/// Relay an upstream SSE stream as Anthropic events, chunk by chunk.
+async fn stream(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut ex: Exchange,
+    model: &str,
+    provider: &str,
+) -> Result<(), ApiError> {
+    let mut translator = StreamTranslator::new(model);
+    let mut out = BytesMut::with_capacity(4096);
+    let mut header_sent = false;
+    loop {
+        let step = match ex.read(provider).await {
+            Ok(Some(bytes)) => translator.feed(&bytes, &mut out),
+            Ok(None) => translator.end_of_input(&mut out).map(|_| Progress::Done),
+            Err(e) => Err(e),
+        };
+        let progress = match step {
+            Ok(p) => p,
+            Err(e) => {
+                ex.abort().await;
+                if !header_sent {
+                    // Nothing reached the client yet: answer with a plain error.
+                    return Err(e);
+                }
+                // Mid-stream: an `event: error`, so Claude Code retries.
+                ctx.error = Some(e.message.clone());
+                out.extend_from_slice(e.sse_event().as_bytes());
+                let _ = session.write_response_body(Some(out.split().freeze()), true).await;
+                return Ok(());
+            }
+        };
+        if !out.is_empty() {
+            if !header_sent {
+                if let Err(e) = write_sse_header(session, ctx).await {
+                    ex.abort().await;
+                    return Err(client_gone(e));
+                }
+                header_sent = true;
+            }
+            if let Err(e) = session.write_response_body(Some(out.split().freeze()), false).await {
+                ex.abort().await;
+                return Err(client_gone(e));
+            }
+        }
+        if progress == Progress::Done {
+            break;
+        }
+    }
+    let usage = translator.usage();
+    ctx.input_tokens = usage.input_tokens + usage.cache_read_input_tokens;
+    ctx.output_tokens = usage.output_tokens;
+    let _ = session.write_response_body(None, true).await;
+    let _ = tokio::time::timeout(DRAIN_AFTER_DONE, async {
+        while let Ok(Some(_)) = ex.read(provider).await {}
+    })
+    .await;
+    gw.upstream.finish(ex).await;
+    Ok(())
+}
+
+async fn write_sse_header(session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<()> {
+    let mut h = ResponseHeader::build(200, Some(4))?;
+    h.insert_header("content-type", "text/event-stream")?;
+    h.insert_header("cache-control", "no-cache")?;
+    h.insert_header("x-request-id", ctx.request_id.as_str())?;
+    ctx.status = 200;
+    session.write_response_header(Box::new(h), false).await
+}
+
+/// The client went away; recorded for the access log, nothing to answer.
+fn client_gone(e: Box<pingora_error::Error>) -> ApiError {
+    ApiError::api(format!("client disconnected: {e}")).with_status(499)
+}
+
+/// Read the whole request body, refusing more than `limit` bytes (by the
+/// declared length before reading anything, or as the bytes arrive).
+pub(super) async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            crate::protocol::error::ErrorKind::RequestTooLarge,
+            format!("body: request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|e| ApiError::invalid(format!("body: could not read the request body: {e}")))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

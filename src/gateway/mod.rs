@@ -1,0 +1,138 @@
+//! The Pingora `ProxyHttp` implementation. Every request is answered inside
+//! `request_filter`: ops endpoints directly, `/v1/messages` by the gateway
+//! exchange in `messages.rs`. Pingora's upstream proxying is never used.
+
+mod messages;
+mod ops;
+mod respond;
+
+use crate::config::{Config, LimitsConfig};
+use crate::providers::Provider;
+use crate::routing::Router;
+use crate::upstream::UpstreamClient;
+use async_trait::async_trait;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_proxy::{ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Gateway {
+    pub router: Router,
+    pub upstream: UpstreamClient,
+    pub limits: LimitsConfig,
+}
+
+impl Gateway {
+    /// Build from a validated config; keys are read from the environment.
+    pub fn from_config(config: &Config) -> std::result::Result<Gateway, String> {
+        let env = |name: &str| std::env::var(name).ok();
+        let providers = config
+            .providers
+            .iter()
+            .map(|(name, cfg)| {
+                Provider::from_config(name, cfg, &env)
+                    .map(Arc::new)
+                    .map_err(|e| format!("providers.{name}: {e}"))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Gateway {
+            router: Router::new(config, &providers)?,
+            upstream: UpstreamClient::new(&config.timeouts),
+            limits: config.limits.clone(),
+        })
+    }
+}
+
+/// What one request did, for the access log.
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    pub status: u16,
+    /// `provider/model` the request went to.
+    pub route: Option<String>,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub first_byte_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            request_id: String::new(),
+            started: Instant::now(),
+            status: 0,
+            route: None,
+            model: None,
+            stream: false,
+            input_tokens: 0,
+            output_tokens: 0,
+            first_byte_ms: None,
+            error: None,
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        // Keep a caller's request id (bounded, printable) or make one.
+        ctx.request_id = session
+            .req_header()
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("req_{:016x}", crate::util::unique_id()));
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let result = match (method.as_str(), path.as_str()) {
+            ("POST", "/v1/messages") => messages::handle(self, session, ctx).await,
+            ("POST", "/v1/messages/count_tokens") => ops::count_tokens(self, session, ctx).await,
+            ("GET", "/v1/models") => ops::models(self, session, ctx).await,
+            ("GET" | "HEAD", "/") => ops::root(session, ctx).await,
+            ("GET" | "HEAD", "/health/live" | "/health/ready") => ops::health(session, ctx).await,
+            _ => Err(crate::protocol::error::ApiError::not_found(format!(
+                "{method} {path}: no such endpoint"
+            ))),
+        };
+        if let Err(e) = result {
+            respond::error(session, ctx, &e).await;
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        // Unreachable: request_filter answers every request.
+        Err(Error::explain(ErrorType::InternalError, "lynkr answers in request_filter"))
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let req = session.req_header();
+        tracing::info!(
+            target: "lynkr::access",
+            request_id = %ctx.request_id,
+            session_id = req.headers.get("x-claude-code-session-id").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            method = %req.method,
+            path = req.uri.path(),
+            status = ctx.status,
+            model = ctx.model.as_deref().unwrap_or(""),
+            route = ctx.route.as_deref().unwrap_or(""),
+            stream = ctx.stream,
+            input_tokens = ctx.input_tokens,
+            output_tokens = ctx.output_tokens,
+            first_byte_ms = ctx.first_byte_ms,
+            duration_ms = ctx.started.elapsed().as_millis() as u64,
+            error = ctx.error.as_deref().or(e.map(|_| "connection error")).unwrap_or(""),
+            "request"
+        );
+    }
+}

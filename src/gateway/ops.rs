@@ -1,0 +1,101 @@
+//! Small endpoints: `/`, health, `/v1/models`, `/v1/messages/count_tokens`.
+
+use super::messages::read_body;
+use super::{respond, Gateway, RequestCtx};
+use crate::protocol::anthropic::{ContentBlock, CountTokensRequest, TextOrBlocks, ToolResultBlock};
+use crate::protocol::error::ApiError;
+use crate::protocol::validate::parse_count_tokens_request;
+use pingora_proxy::Session;
+use serde_json::json;
+
+pub async fn root(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+    let body = json!({"name": "lynkr", "version": env!("CARGO_PKG_VERSION"), "status": "ok"});
+    respond::json(session, ctx, 200, body.to_string().into_bytes()).await;
+    Ok(())
+}
+
+pub async fn health(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+    respond::json(session, ctx, 200, br#"{"status":"ok"}"#.to_vec()).await;
+    Ok(())
+}
+
+/// The names the configuration routes, in Anthropic's list shape.
+pub async fn models(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+    let names = gw.router.model_names();
+    let data: Vec<_> = names
+        .iter()
+        .map(|n| json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"}))
+        .collect();
+    let body = json!({
+        "data": data,
+        "has_more": false,
+        "first_id": names.first(),
+        "last_id": names.last(),
+    });
+    respond::json(session, ctx, 200, body.to_string().into_bytes()).await;
+    Ok(())
+}
+
+pub async fn count_tokens(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+    let body = read_body(session, gw.limits.max_body_bytes).await?;
+    let req = parse_count_tokens_request(&body)?;
+    ctx.model = Some(req.model.clone());
+    let body = json!({"input_tokens": estimate_tokens(&req)});
+    respond::json(session, ctx, 200, body.to_string().into_bytes()).await;
+    Ok(())
+}
+
+/// Tokens per image in the estimate (Anthropic's ~1600 for a large image).
+pub const IMAGE_TOKENS: u64 = 1600;
+/// Framing tokens per message in the estimate.
+pub const MESSAGE_OVERHEAD_TOKENS: u64 = 4;
+
+/// A documented estimate, not a tokenizer: one token per four bytes of text
+/// (system, messages, tool calls and results, tool definitions), plus
+/// `MESSAGE_OVERHEAD_TOKENS` per message and `IMAGE_TOKENS` per image.
+pub fn estimate_tokens(req: &CountTokensRequest) -> u64 {
+    let mut bytes = 0usize;
+    let mut extra = 0u64;
+    match &req.system {
+        Some(TextOrBlocks::Text(t)) => bytes += t.len(),
+        Some(TextOrBlocks::Blocks(b)) => bytes += b.iter().map(|t| t.text.len()).sum::<usize>(),
+        None => {}
+    }
+    for m in &req.messages {
+        extra += MESSAGE_OVERHEAD_TOKENS;
+        match &m.content {
+            TextOrBlocks::Text(t) => bytes += t.len(),
+            TextOrBlocks::Blocks(blocks) => {
+                for b in blocks {
+                    match b {
+                        ContentBlock::Text { text } => bytes += text.len(),
+                        ContentBlock::Thinking { thinking, .. } => bytes += thinking.len(),
+                        ContentBlock::ToolUse { name, input, .. } => {
+                            bytes += name.len() + input.to_string().len()
+                        }
+                        ContentBlock::ToolResult { content, .. } => match content {
+                            Some(TextOrBlocks::Text(t)) => bytes += t.len(),
+                            Some(TextOrBlocks::Blocks(rb)) => {
+                                for r in rb {
+                                    match r {
+                                        ToolResultBlock::Text { text } => bytes += text.len(),
+                                        _ => extra += IMAGE_TOKENS,
+                                    }
+                                }
+                            }
+                            None => {}
+                        },
+                        ContentBlock::Image { .. } | ContentBlock::Document { .. } => extra += IMAGE_TOKENS,
+                        ContentBlock::RedactedThinking { data } => bytes += data.len(),
+                    }
+                }
+            }
+        }
+    }
+    for t in req.tools.iter().flatten() {
+        bytes += t.name.len()
+            + t.description.as_deref().map_or(0, str::len)
+            + t.input_schema.as_ref().map_or(0, |s| s.get().len());
+    }
+    (bytes as u64).div_ceil(4) + extra
+}

@@ -1,0 +1,15 @@
+//! Lynkr: a gateway that lets Claude Code (and any Anthropic Messages API
+//! client) run on any model provider. Built on Cloudflare's Pingora.
+
+pub mod config;
+pub mod gateway;
+pub mod logging;
+pub mod protocol;
+pub mod providers;
+pub mod routing;
+pub mod server;
+pub mod upstream;
+pub mod util;
+
+#[doc(hidden)]
+pub mod test_support;

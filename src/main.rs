@@ -1,0 +1,43 @@
+//! `lynkr [-c FILE] [-u] [-d] [-t]` runs the gateway (Pingora's flags);
+//! `lynkr check-config FILE` validates a configuration and exits.
+
+use lynkr::config::Config;
+use pingora_core::server::configuration::Opt;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("check-config") {
+        std::process::exit(check_config(args.get(2).map(String::as_str)));
+    }
+    let opt = Opt::parse_args();
+    let config = match Config::load(opt.conf.as_deref()) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprint!("lynkr: invalid configuration\n{errors}");
+            std::process::exit(1);
+        }
+    };
+    lynkr::logging::init(&config.logging);
+    tracing::info!(listen = ?config.server.listen, config = opt.conf.as_deref().unwrap_or("<embedded default>"), "starting lynkr");
+    match lynkr::server::build(&config, opt) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("lynkr: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Print every problem with its path; exit status 1 when any.
+fn check_config(path: Option<&str>) -> i32 {
+    match Config::load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.unwrap_or("<embedded default>"));
+            0
+        }
+        Err(errors) => {
+            print!("{errors}");
+            1
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The Anthropic Messages API as the gateway speaks it to clients.
+
+pub mod anthropic;
+pub mod error;
+pub mod sse;
+pub mod validate;

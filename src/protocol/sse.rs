@@ -1,0 +1,206 @@
+//! Server-sent events: an incremental parser for upstream streams and the
+//! writer for the events Lynkr sends.
+
+use super::anthropic::{MessageResponse, ResponseBlock};
+use bytes::{BufMut, BytesMut};
+
+/// One parsed event: the `event:` name (if any) and its joined `data:` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Incremental SSE parser: feed it bytes as they arrive, get whole events out.
+/// Handles `\n`, `\r\n` and `\r` line ends, comments, and events split at any
+/// byte boundary (including inside a UTF-8 sequence).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    event: Option<String>,
+    data: String,
+    has_data: bool,
+    /// Bytes of the event being assembled; bounded so a server that never ends
+    /// a line cannot grow memory without limit.
+    pending: usize,
+}
+
+/// A single SSE event larger than this is a protocol error.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct SseTooLarge;
+
+impl SseParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parse `chunk`, appending complete events to `out`.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseTooLarge> {
+        self.buf.extend_from_slice(chunk);
+        let mut start = 0;
+        let mut i = 0;
+        while i < self.buf.len() {
+            let b = self.buf[i];
+            if b == b'\n' || b == b'\r' {
+                let line_end = i;
+                // A `\r\n` pair is one line end; a lone `\r` at the buffer's end
+                // may be followed by `\n` in the next chunk, so wait for it.
+                if b == b'\r' {
+                    if i + 1 == self.buf.len() {
+                        break;
+                    }
+                    if self.buf[i + 1] == b'\n' {
+                        i += 1;
+                    }
+                }
+                let line = self.buf[start..line_end].to_vec();
+                self.line(&line, out);
+                start = i + 1;
+            }
+            i += 1;
+        }
+        self.buf.drain(..start);
+        self.pending = self.buf.len() + self.data.len();
+        if self.pending > MAX_EVENT_BYTES {
+            return Err(SseTooLarge);
+        }
+        Ok(())
+    }
+
+    /// True when bytes of an unfinished event are still buffered.
+    pub fn has_partial(&self) -> bool {
+        !self.buf.iter().all(|b| b.is_ascii_whitespace()) || self.has_data
+    }
+
+    fn line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            if self.has_data {
+                out.push(SseEvent {
+                    event: self.event.take(),
+                    data: std::mem::take(&mut self.data),
+                });
+                self.has_data = false;
+            } else {
+                self.event = None;
+            }
+            return;
+        }
+        if line[0] == b':' {
+            return;
+        }
+        let (field, value) = match line.iter().position(|&c| c == b':') {
+            Some(p) => {
+                let v = &line[p + 1..];
+                (&line[..p], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        let value = String::from_utf8_lossy(value);
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(&value);
+                self.has_data = true;
+            }
+            b"event" => self.event = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+}
+
+/// Append `event: NAME\ndata: JSON\n\n` to `out`.
+pub fn write_event(out: &mut BytesMut, name: &str, data: &serde_json::Value) {
+    out.put_slice(b"event: ");
+    out.put_slice(name.as_bytes());
+    out.put_slice(b"\ndata: ");
+    serde_json::to_writer((&mut *out).writer(), data).expect("serializing a Value cannot fail");
+    out.put_slice(b"\n\n");
+}
+
+/// A whole message as the event sequence a streaming client expects
+/// (used when an upstream answered a streaming request with plain JSON).
+pub fn message_events(msg: &MessageResponse) -> BytesMut {
+    let mut out = BytesMut::new();
+    let mut start = serde_json::to_value(msg).expect("message serializes");
+    start["content"] = serde_json::json!([]);
+    start["stop_reason"] = serde_json::Value::Null;
+    write_event(&mut out, "message_start", &serde_json::json!({"type": "message_start", "message": start}));
+    for (index, block) in msg.content.iter().enumerate() {
+        let (empty, delta) = match block {
+            ResponseBlock::Text { text } => (
+                serde_json::json!({"type": "text", "text": ""}),
+                serde_json::json!({"type": "text_delta", "text": text}),
+            ),
+            ResponseBlock::Thinking { thinking, .. } => (
+                serde_json::json!({"type": "thinking", "thinking": "", "signature": ""}),
+                serde_json::json!({"type": "thinking_delta", "thinking": thinking}),
+            ),
+            ResponseBlock::ToolUse { id, name, input } => (
+                serde_json::json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                serde_json::json!({"type": "input_json_delta", "partial_json": input.to_string()}),
+            ),
+        };
+        write_event(&mut out, "content_block_start", &serde_json::json!({"type": "content_block_start", "index": index, "content_block": empty}));
+        write_event(&mut out, "content_block_delta", &serde_json::json!({"type": "content_block_delta", "index": index, "delta": delta}));
+        write_event(&mut out, "content_block_stop", &serde_json::json!({"type": "content_block_stop", "index": index}));
+    }
+    write_event(&mut out, "message_delta", &serde_json::json!({"type": "message_delta",
+        "delta": {"stop_reason": msg.stop_reason, "stop_sequence": msg.stop_sequence},
+        "usage": msg.usage}));
+    write_event(&mut out, "message_stop", &serde_json::json!({"type": "message_stop"}));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            p.feed(c, &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn parses_events_split_at_every_byte() {
+        let stream = b"data: {\"a\":1}\n\nevent: x\ndata: two\ndata: lines\n\n: comment\n\ndata: [DONE]\n\n";
+        let whole = parse_all(&[stream]);
+        assert_eq!(whole.len(), 3);
+        assert_eq!(whole[1].event.as_deref(), Some("x"));
+        assert_eq!(whole[1].data, "two\nlines");
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(parse_all(&bytes), whole);
+    }
+
+    #[test]
+    fn handles_crlf_and_split_crlf() {
+        let out = parse_all(&[b"data: a\r", b"\n\r\ndata: b\r\n\r\n"]);
+        let data: Vec<_> = out.iter().map(|e| e.data.as_str()).collect();
+        assert_eq!(data, ["a", "b"]);
+    }
+
+    #[test]
+    fn reports_partial_event_and_bounds_memory() {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        p.feed(b"data: {\"unfinished", &mut out).unwrap();
+        assert!(out.is_empty());
+        assert!(p.has_partial());
+        let big = vec![b'x'; MAX_EVENT_BYTES + 1];
+        assert_eq!(p.feed(&big, &mut out), Err(SseTooLarge));
+    }
+
+    #[test]
+    fn writes_event_frames() {
+        let mut b = BytesMut::new();
+        write_event(&mut b, "ping", &serde_json::json!({"type": "ping"}));
+        assert_eq!(&b[..], b"event: ping\ndata: {\"type\":\"ping\"}\n\n");
+    }
+}

@@ -1,0 +1,178 @@
+//! Parsing and validation of client requests. Every failure is a 400
+//! `invalid_request_error` whose message starts with the offending field's
+//! path (`messages.2.content.0.type: ...`), so a client can see what to fix.
+
+use super::anthropic::{ContentBlock, CountTokensRequest, MessagesRequest, Role, TextOrBlocks};
+use super::error::ApiError;
+use serde::de::DeserializeOwned;
+
+/// Parse a `POST /v1/messages` body and check what serde cannot.
+pub fn parse_messages_request(body: &[u8]) -> Result<MessagesRequest, ApiError> {
+    let req: MessagesRequest = parse_json(body)?;
+    if req.model.trim().is_empty() {
+        return Err(ApiError::invalid("model: must not be empty"));
+    }
+    if req.max_tokens == 0 {
+        return Err(ApiError::invalid("max_tokens: must be at least 1"));
+    }
+    check_messages(&req.messages)?;
+    if let Some(t) = req.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::invalid("temperature: must be between 0 and 2"));
+        }
+    }
+    if let Some(p) = req.top_p {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(ApiError::invalid("top_p: must be between 0 and 1"));
+        }
+    }
+    Ok(req)
+}
+
+/// Parse a `POST /v1/messages/count_tokens` body.
+pub fn parse_count_tokens_request(body: &[u8]) -> Result<CountTokensRequest, ApiError> {
+    let req: CountTokensRequest = parse_json(body)?;
+    check_messages(&req.messages)?;
+    Ok(req)
+}
+
+fn check_messages(messages: &[super::anthropic::Message]) -> Result<(), ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid("messages: at least one message is required"));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let TextOrBlocks::Blocks(blocks) = &m.content else {
+            continue;
+        };
+        for (j, b) in blocks.iter().enumerate() {
+            let allowed = match b {
+                ContentBlock::ToolUse { .. }
+                | ContentBlock::Thinking { .. }
+                | ContentBlock::RedactedThinking { .. } => m.role == Role::Assistant,
+                ContentBlock::ToolResult { .. }
+                | ContentBlock::Image { .. }
+                | ContentBlock::Document { .. } => m.role == Role::User,
+                ContentBlock::Text { .. } => true,
+            };
+            if !allowed {
+                return Err(ApiError::invalid(format!(
+                    "messages.{i}.content.{j}.type: a {} block is not allowed in a {:?} message",
+                    block_name(b),
+                    m.role
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn block_name(b: &ContentBlock) -> &'static str {
+    match b {
+        ContentBlock::Text { .. } => "text",
+        ContentBlock::Image { .. } => "image",
+        ContentBlock::Document { .. } => "document",
+        ContentBlock::ToolUse { .. } => "tool_use",
+        ContentBlock::ToolResult { .. } => "tool_result",
+        ContentBlock::Thinking { .. } => "thinking",
+        ContentBlock::RedactedThinking { .. } => "redacted_thinking",
+    }
+}
+
+/// Deserialize JSON, turning serde's error into a message that names the field.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // serde would read a struct from a JSON array too; requests are objects.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::invalid("body: must be a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(describe)?;
+    de.end().map_err(|e| ApiError::invalid(format!("body: invalid JSON: {e}")))?;
+    Ok(value)
+}
+
+fn describe(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let inner = err.inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return ApiError::invalid(format!("body: invalid JSON: {inner}"));
+    }
+    // `messages[2].content[0]` -> `messages.2.content.0`, Anthropic's own style.
+    let mut path = err.path().to_string().replace('[', ".").replace(']', "");
+    if path == "." {
+        path.clear();
+    }
+    let text = inner.to_string();
+    let text = text.split(" at line ").next().unwrap_or(&text).to_string();
+    // serde reports a missing field at the parent; name the field itself.
+    if let Some(field) = text
+        .strip_prefix("missing field `")
+        .and_then(|r| r.strip_suffix('`'))
+    {
+        let full = if path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+        return ApiError::invalid(format!("{full}: field required"));
+    }
+    if path.is_empty() {
+        path = "body".into();
+    }
+    ApiError::invalid(format!("{path}: {text}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> String {
+        parse_messages_request(body.as_bytes()).unwrap_err().message
+    }
+
+    #[test]
+    fn names_the_missing_or_wrong_field() {
+        assert_eq!(
+            err(r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#),
+            "model: field required"
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#),
+            "max_tokens: field required"
+        );
+        assert!(err(r#"{"model":"m","max_tokens":"x","messages":[]}"#).starts_with("max_tokens: invalid type"));
+        assert!(err(r#"{"model":"m","max_tokens":5,"messages":[{"role":"robot","content":"hi"}]}"#)
+            .starts_with("messages.0.role: unknown variant `robot`"));
+        let e = err(r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"video"}]}]}"#);
+        assert!(e.starts_with("messages.0.content.1.type: unknown variant `video`"), "{e}");
+        let e = err(r#"{"model":"m","max_tokens":5,"messages":[{"role":"assistant","content":[{"type":"tool_use","name":"x","input":{}}]}]}"#);
+        assert_eq!(e, "messages.0.content.0.id: field required");
+        assert_eq!(err(r#"{"model":"m","max_tokens":5,"messages":[]}"#), "messages: at least one message is required");
+        assert_eq!(err(r#"{"model":"m","max_tokens":0,"messages":[{"role":"user","content":"x"}]}"#), "max_tokens: must be at least 1");
+        let e = err(r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"tool_use","id":"a","name":"x","input":{}}]}]}"#);
+        assert!(e.starts_with("messages.0.content.0.type: a tool_use block"), "{e}");
+    }
+
+    #[test]
+    fn invalid_json_is_reported_as_such() {
+        assert!(err("{\"model\":").starts_with("body: invalid JSON"));
+        assert_eq!(err("[1,2]"), "body: must be a JSON object");
+        assert!(err("42").starts_with("body: invalid type"));
+        assert!(err(r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}]} trailing"#)
+            .starts_with("body: invalid JSON"));
+    }
+
+    #[test]
+    fn every_fixture_parses() {
+        for entry in std::fs::read_dir(crate::test_support::fixtures_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let body = crate::test_support::fixture_body(&path);
+            if path.to_string_lossy().contains("count_tokens") {
+                parse_count_tokens_request(&body).unwrap();
+            } else {
+                parse_messages_request(&body).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The upstream exchange through Pingora's HTTP connector: pooled
+//! keep-alive connections, rustls TLS, timeouts from config, any body size.
+//!
+//! Pingora's own proxy loop is not used for this: it would have to pre-read
+//! the body into its fixed 64 KiB retry buffer, which hangs on Claude Code's
+//! 80-130 KB requests (see DESIGN.md).
+
+use crate::config::TimeoutsConfig;
+use crate::protocol::error::{ApiError, ErrorKind};
+use crate::providers::{Endpoint, Provider};
+use bytes::Bytes;
+use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::protocols::ALPN;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType};
+use pingora_http::RequestHeader;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a resolved provider address is reused before resolving again.
+const DNS_TTL: Duration = Duration::from_secs(30);
+/// Upper bound on an upstream error body kept for its message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Attempts when a pooled connection turns out to be closed by the server.
+const STALE_CONNECTION_ATTEMPTS: usize = 3;
+
+pub struct UpstreamClient {
+    connector: Connector,
+    connect: Duration,
+    first_byte: Duration,
+    read: Duration,
+    write: Duration,
+    pool_idle: Duration,
+    dns: Mutex<HashMap<(String, u16), (Instant, SocketAddr)>>,
+}
+
+/// A request in flight: the response header has arrived.
+pub struct Exchange {
+    session: HttpSession,
+    peer: HttpPeer,
+    pub status: u16,
+}
+
+impl UpstreamClient {
+    pub fn new(t: &TimeoutsConfig) -> Self {
+        UpstreamClient {
+            connector: Connector::new(None),
+            connect: Duration::from_millis(t.connect_ms),
+            first_byte: Duration::from_millis(t.first_byte_ms),
+            read: Duration::from_millis(t.read_ms),
+            write: Duration::from_millis(t.write_ms),
+            pool_idle: Duration::from_millis(t.pool_idle_ms),
+            dns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// POST `body` to the provider and wait for the response header.
+    pub async fn send(
+        &self,
+        provider: &Provider,
+        body: Bytes,
+        stream: bool,
+        request_id: &str,
+    ) -> Result<Exchange, ApiError> {
+        let peer = self.peer(&provider.endpoint).await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (mut session, reused) = self
+                .connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|e| transport_error(&e, &provider.name))?;
+            let header = request_header(provider, body.len(), stream, request_id)?;
+            session.set_write_timeout(Some(self.write));
+            session.set_read_timeout(Some(self.first_byte));
+            match exchange(&mut session, header, body.clone()).await {
+                Ok(status) => {
+                    session.set_read_timeout(Some(self.read));
+                    return Ok(Exchange {
+                        session,
+                        peer,
+                        status,
+                    });
+                }
+                // A pooled connection the server had already closed: nothing
+                // was processed, so the request is sent again on another.
+                Err(e) if reused && attempt < STALE_CONNECTION_ATTEMPTS && is_stale(&e) => {
+                    tracing::debug!(provider = %provider.name, error = %e, "stale pooled connection, retrying");
+                    session.shutdown().await;
+                }
+                Err(e) => {
+                    session.shutdown().await;
+                    return Err(transport_error(&e, &provider.name));
+                }
+            }
+        }
+    }
+
+    async fn peer(&self, ep: &Endpoint) -> Result<HttpPeer, ApiError> {
+        let addr = self.resolve(&ep.host, ep.port).await?;
+        let mut peer = HttpPeer::new(addr, ep.tls, ep.host.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.connect);
+        o.total_connection_timeout = Some(self.connect);
+        o.read_timeout = Some(self.first_byte);
+        o.write_timeout = Some(self.write);
+        o.idle_timeout = Some(self.pool_idle);
+        o.alpn = ALPN::H1;
+        Ok(peer)
+    }
+
+    /// Resolve without blocking a worker thread; cached for `DNS_TTL`.
+    async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, ApiError> {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let key = (host.to_string(), port);
+        if let Some((at, addr)) = self.dns.lock().unwrap().get(&key) {
+            if at.elapsed() < DNS_TTL {
+                return Ok(*addr);
+            }
+        }
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .ok()
+            .and_then(|mut it| it.next())
+            .ok_or_else(|| {
+                ApiError::api(format!("upstream connect error: cannot resolve {host}")).with_status(502)
+            })?;
+        self.dns.lock().unwrap().insert(key, (Instant::now(), addr));
+        Ok(addr)
+    }
+
+    /// Return a fully read connection to the pool, or close it.
+    pub async fn finish(&self, mut ex: Exchange) {
+        if ex.session.response_done() {
+            self.connector
+                .release_http_session(ex.session, &ex.peer, Some(self.pool_idle))
+                .await;
+        } else {
+            ex.session.shutdown().await;
+        }
+    }
+}
+
+impl Exchange {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.session
+            .response_header()
+            .and_then(|h| h.headers.get(name))
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub async fn read(&mut self, provider: &str) -> Result<Option<Bytes>, ApiError> {
+        self.session
+            .read_response_body()
+            .await
+            .map_err(|e| transport_error(&e, provider))
+    }
+
+    /// The whole body, up to `limit` bytes.
+    pub async fn read_all(&mut self, provider: &str, limit: usize) -> Result<Vec<u8>, ApiError> {
+        let mut body = Vec::new();
+        while let Some(chunk) = self.read(provider).await? {
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::api(format!(
+                    "upstream {provider} response exceeds {limit} bytes"
+                ))
+                .with_status(502));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// The upstream's error as the client will see it: matching Anthropic
+    /// type and status, the upstream's message text, its `Retry-After`.
+    pub async fn into_error(mut self, provider: &str) -> (ApiError, Self) {
+        let body = self.read_all(provider, MAX_ERROR_BODY).await.unwrap_or_default();
+        let message = crate::providers::openai::response::upstream_error_message(&body);
+        let mut err = ApiError::from_upstream_status(self.status, message);
+        err.retry_after = self.header("retry-after").and_then(|v| v.trim().parse().ok());
+        (err, self)
+    }
+
+    /// Abandon the request (client gone, stream broken): close the connection.
+    pub async fn abort(mut self) {
+        self.session.shutdown().await;
+    }
+}
+
+async fn exchange(
+    session: &mut HttpSession,
+    header: RequestHeader,
+    body: Bytes,
+) -> pingora_error::Result<u16> {
+    session.write_request_header(Box::new(header)).await?;
+    session.write_request_body(body, true).await?;
+    session.finish_request_body().await?;
+    session.read_response_header().await?;
+    Ok(session
+        .response_header()
+        .map(|h| h.status.as_u16())
+        .unwrap_or(502))
+}
+
+fn request_header(
+    provider: &Provider,
+    len: usize,
+    stream: bool,
+    request_id: &str,
+) -> Result<RequestHeader, ApiError> {
+    let build = || -> pingora_error::Result<RequestHeader> {
+        let mut h = RequestHeader::build("POST", provider.endpoint.path.as_bytes(), Some(8))?;
+        h.insert_header("host", provider.endpoint.authority())?;
+        h.insert_header("content-type", "application/json")?;
+        h.insert_header("content-length", len.to_string())?;
+        // No accept-encoding: the body is parsed (SSE) as it arrives.
+        h.insert_header(
+            "accept",
+            if stream { "text/event-stream" } else { "application/json" },
+        )?;
+        h.insert_header("user-agent", concat!("lynkr/", env!("CARGO_PKG_VERSION")))?;
+        h.insert_header("x-request-id", request_id)?;
+        if let Some((name, value)) = &provider.auth {
+            h.insert_header(*name, value.as_str())?;
+        }
+        for (name, value) in &provider.extra_headers {
+            h.insert_header(name.clone(), value.as_str())?;
+        }
+        Ok(h)
+    };
+    build().map_err(|e| ApiError::api(format!("cannot build the upstream request: {e}")))
+}
+
+fn is_stale(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError | ErrorType::H1Error
+    )
+}
+
+/// Connection-level failures: timeouts as 504, the rest as 502, all
+/// `api_error`, so Claude Code's own retry takes over.
+fn transport_error(e: &Error, provider: &str) -> ApiError {
+    let (status, what) = match e.etype() {
+        ErrorType::ConnectTimedout => (504, "upstream connect timed out"),
+        ErrorType::ReadTimedout => (504, "upstream read timed out"),
+        ErrorType::WriteTimedout => (504, "upstream write timed out"),
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => (502, "upstream connect error"),
+        _ => (502, "upstream connection error"),
+    };
+    ApiError::new(ErrorKind::ApiError, format!("{what} ({provider}): {e}")).with_status(status)
+}
