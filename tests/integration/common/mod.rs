@@ -1,0 +1,400 @@
+//! What the integration tests run against: the built `lynkr` binary as a
+//! child process, and a mock OpenAI upstream on 127.0.0.1 that speaks the
+//! Chat Completions wire format (JSON and chunked SSE) and can misbehave.
+
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+// ---- the gateway ---------------------------------------------------------------
+
+pub struct Gateway {
+    child: Child,
+    pub port: u16,
+    pub base: String,
+    pub dir: PathBuf,
+}
+
+impl Gateway {
+    /// Start `lynkr -c <file>` with `providers_and_models` (YAML) added to a
+    /// config that listens on a free port; waits until it answers.
+    pub fn start(providers_and_models: &str, env: &[(&str, &str)]) -> Gateway {
+        let port = free_port();
+        let dir = scratch_dir("gw");
+        let config = format!(
+            "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 2\n  pid_file: {d}/lynkr.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n\
+             timeouts:\n  connect_ms: 2000\n  first_byte_ms: 10000\n  read_ms: 10000\n{providers_and_models}",
+            d = dir.display()
+        );
+        let path = dir.join("lynkr.yaml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lynkr"));
+        cmd.arg("-c").arg(&path);
+        Self::spawn(cmd, port, dir, env)
+    }
+
+    /// Start `lynkr` with no config file, only the environment.
+    pub fn start_env_only(env: &[(&str, &str)], port: u16) -> Gateway {
+        let cmd = Command::new(env!("CARGO_BIN_EXE_lynkr"));
+        Self::spawn(cmd, port, scratch_dir("gw-env"), env)
+    }
+
+    fn spawn(mut cmd: Command, port: u16, dir: PathBuf, env: &[(&str, &str)]) -> Gateway {
+        cmd.env("LYNKR_LOG_FORMAT", "json").env("LOG_LEVEL", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let log = std::fs::File::create(dir.join("lynkr.log")).unwrap();
+        cmd.stdout(Stdio::null()).stderr(log);
+        let child = cmd.spawn().expect("spawn lynkr");
+        let gw = Gateway {
+            child,
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("lynkr did not start; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("lynkr.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "lynkr-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Config text for one OpenAI-compatible provider at `addr`, default route.
+pub fn openai_provider(addr: SocketAddr) -> String {
+    format!(
+        "providers:\n  mock:\n    preset: openai\n    base_url: http://{addr}/v1\n    api_key_env: MOCK_OPENAI_KEY\n    model: gpt-mock\n\
+         models:\n  default: mock\n  routes:\n    - {{match: \"claude-*haiku*\", target: \"mock:gpt-mini\"}}\n"
+    )
+}
+
+pub const MOCK_KEY: (&str, &str) = ("MOCK_OPENAI_KEY", "sk-test-key");
+
+// ---- the mock upstream -----------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+    /// Which accepted connection carried it (0, 1, ...).
+    pub connection: usize,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub enum Reply {
+    Json { status: u16, body: String, headers: Vec<(String, String)> },
+    /// Chunked `text/event-stream`: each piece is written (and flushed) as it
+    /// comes, `delay` apart; the stream then ends properly.
+    Sse { pieces: Vec<String>, delay: Duration },
+    /// As `Sse`, but the connection is dropped after the pieces, without
+    /// the terminating chunk.
+    SseThenClose { pieces: Vec<String> },
+    /// Close the connection without answering.
+    Close,
+}
+
+pub type Script = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    pub connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockUpstream {
+    pub async fn start(script: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> MockUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let script: Script = Arc::new(script);
+        let (reqs, conns) = (requests.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let n = conns.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, n, script.clone(), reqs.clone()));
+            }
+        });
+        MockUpstream {
+            addr,
+            requests,
+            connections,
+            task,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests().last().cloned().expect("the mock received a request")
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(stream: TcpStream, connection: usize, script: Script, log: Arc<Mutex<Vec<Recorded>>>) {
+    stream.set_nodelay(true).unwrap();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = request_line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_string();
+        let path = parts.next().unwrap_or_default().to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let rec = Recorded {
+            method,
+            path,
+            headers,
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            connection,
+        };
+        log.lock().unwrap().push(rec.clone());
+        let stream = reader.get_mut();
+        match script(&rec) {
+            Reply::Json { status, body, headers } => {
+                let mut head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str("\r\n");
+                if stream.write_all(head.as_bytes()).await.is_err()
+                    || stream.write_all(body.as_bytes()).await.is_err()
+                {
+                    return;
+                }
+            }
+            Reply::Sse { pieces, delay } => {
+                if write_sse(stream, &pieces, delay).await.is_err()
+                    || stream.write_all(b"0\r\n\r\n").await.is_err()
+                {
+                    return;
+                }
+            }
+            Reply::SseThenClose { pieces } => {
+                let _ = write_sse(stream, &pieces, Duration::ZERO).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Reply::Close => return,
+        }
+    }
+}
+
+async fn write_sse(stream: &mut TcpStream, pieces: &[String], delay: Duration) -> std::io::Result<()> {
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await?;
+    for piece in pieces {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        stream
+            .write_all(format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes())
+            .await?;
+        stream.flush().await?;
+    }
+    Ok(())
+}
+
+// ---- OpenAI wire-format builders ---------------------------------------------------
+
+pub fn completion_json(content: &str, finish: &str, tool_calls: Value) -> String {
+    let mut message = json!({"role": "assistant", "content": content});
+    if tool_calls.is_array() {
+        message["tool_calls"] = tool_calls;
+    }
+    json!({
+        "id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": "gpt-mock",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
+                  "prompt_tokens_details": {"cached_tokens": 4}},
+    })
+    .to_string()
+}
+
+pub fn chunk(delta: Value, finish: Option<&str>) -> String {
+    let c = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": "gpt-mock",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    format!("data: {c}\n\n")
+}
+
+pub fn usage_chunk(prompt: u64, completion: u64) -> String {
+    let c = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "choices": [],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}});
+    format!("data: {c}\n\n")
+}
+
+pub const DONE: &str = "data: [DONE]\n\n";
+
+/// A complete streamed text answer.
+pub fn text_stream(pieces: &[&str]) -> Vec<String> {
+    let mut out = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+    out.extend(pieces.iter().map(|p| chunk(json!({"content": p}), None)));
+    out.push(chunk(json!({}), Some("stop")));
+    out.push(usage_chunk(21, pieces.len() as u64));
+    out.push(DONE.to_string());
+    out
+}
+
+/// A streamed answer: optional text, then tool calls `(id, name, arguments)`,
+/// each call's arguments split into `split`-byte deltas.
+pub fn tool_stream(text: &str, calls: &[(&str, &str, &str)], split: usize) -> Vec<String> {
+    let mut out = vec![chunk(json!({"role": "assistant"}), None)];
+    if !text.is_empty() {
+        out.push(chunk(json!({"content": text}), None));
+    }
+    for (index, (id, name, args)) in calls.iter().enumerate() {
+        out.push(chunk(
+            json!({"tool_calls": [{"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            None,
+        ));
+        for piece in args.as_bytes().chunks(split) {
+            let piece = std::str::from_utf8(piece).unwrap();
+            out.push(chunk(json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}), None));
+        }
+    }
+    out.push(chunk(json!({}), Some("tool_calls")));
+    out.push(usage_chunk(30, 12));
+    out.push(DONE.to_string());
+    out
+}
+
+/// Parse an SSE body into `(event, data)` pairs.
+pub fn sse_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in e.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    name = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            (name, serde_json::from_str(&data).unwrap_or(Value::Null))
+        })
+        .collect()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+pub fn simple_request(stream: bool) -> Value {
+    json!({
+        "model": "claude-sonnet-4-5", "max_tokens": 1024, "stream": stream,
+        "messages": [{"role": "user", "content": "Say hello"}],
+    })
+}
+
+/// The repository root (for fixtures and helper scripts).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture_body(prefix: &str) -> Vec<u8> {
+    lynkr::test_support::fixture(prefix)
+}
