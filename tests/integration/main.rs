@@ -3,3 +3,5 @@
 
 mod common;
 mod gateway;
+mod sdk;
+mod claude_code;
