@@ -1,1 +1,67 @@
-fn main(){}
+//! Translation cost on real Claude Code requests.
+//! `cargo bench --bench translate`; figures are recorded in the README.
+
+use bytes::BytesMut;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use lynkr::protocol::validate::parse_messages_request;
+use lynkr::providers::openai::request::to_chat_request;
+use lynkr::providers::openai::stream::StreamTranslator;
+use lynkr::providers::openai::{MaxTokensField, OpenAiOptions, ReasoningStyle};
+use lynkr::test_support::fixture;
+
+fn opts() -> OpenAiOptions {
+    OpenAiOptions {
+        max_tokens_field: MaxTokensField::MaxCompletionTokens,
+        reasoning: ReasoningStyle::Effort,
+        max_output_tokens: Some(16384),
+    }
+}
+
+fn request(c: &mut Criterion) {
+    let body = fixture("01");
+    let opts = opts();
+    // What the gateway does per request: parse and validate the client's
+    // body, translate it, serialize the OpenAI body.
+    c.bench_function("fixture_01_parse_translate_serialize", |b| {
+        b.iter(|| {
+            let req = parse_messages_request(black_box(&body)).unwrap();
+            let chat = to_chat_request(&req, "gpt-4o", &opts).unwrap();
+            black_box(serde_json::to_vec(&chat).unwrap())
+        })
+    });
+    c.bench_function("fixture_01_parse_only", |b| {
+        b.iter(|| black_box(parse_messages_request(black_box(&body)).unwrap()))
+    });
+    let req = parse_messages_request(&body).unwrap();
+    c.bench_function("fixture_01_translate_serialize_only", |b| {
+        b.iter(|| {
+            let chat = to_chat_request(black_box(&req), "gpt-4o", &opts).unwrap();
+            black_box(serde_json::to_vec(&chat).unwrap())
+        })
+    });
+}
+
+fn stream(c: &mut Criterion) {
+    // A 200-chunk text answer as an OpenAI server streams it.
+    let mut upstream = String::new();
+    for i in 0..200 {
+        upstream.push_str(&format!(
+            "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"word{i} \"}},\"finish_reason\":null}}]}}\n\n"
+        ));
+    }
+    upstream.push_str("data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+    let pieces: Vec<&[u8]> = upstream.as_bytes().chunks(512).collect();
+    c.bench_function("stream_200_chunks_to_anthropic_events", |b| {
+        b.iter(|| {
+            let mut t = StreamTranslator::new("claude-opus-4-8");
+            let mut out = BytesMut::new();
+            for p in &pieces {
+                t.feed(p, &mut out).unwrap();
+            }
+            black_box(out.len())
+        })
+    });
+}
+
+criterion_group!(benches, request, stream);
+criterion_main!(benches);

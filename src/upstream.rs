@@ -129,7 +129,8 @@ impl UpstreamClient {
             .ok()
             .and_then(|mut it| it.next())
             .ok_or_else(|| {
-                ApiError::api(format!("upstream connect error: cannot resolve {host}")).with_status(502)
+                ApiError::api(format!("upstream connect error: cannot resolve {host}"))
+                    .with_status(502)
             })?;
         self.dns.lock().unwrap().insert(key, (Instant::now(), addr));
         Ok(addr)
@@ -181,10 +182,15 @@ impl Exchange {
     /// The upstream's error as the client will see it: matching Anthropic
     /// type and status, the upstream's message text, its `Retry-After`.
     pub async fn into_error(mut self, provider: &str) -> (ApiError, Self) {
-        let body = self.read_all(provider, MAX_ERROR_BODY).await.unwrap_or_default();
+        let body = self
+            .read_all(provider, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
         let message = crate::providers::openai::response::upstream_error_message(&body);
         let mut err = ApiError::from_upstream_status(self.status, message);
-        err.retry_after = self.header("retry-after").and_then(|v| v.trim().parse().ok());
+        err.retry_after = self
+            .header("retry-after")
+            .and_then(|v| v.trim().parse().ok());
         (err, self)
     }
 
@@ -223,7 +229,11 @@ fn request_header(
         // No accept-encoding: the body is parsed (SSE) as it arrives.
         h.insert_header(
             "accept",
-            if stream { "text/event-stream" } else { "application/json" },
+            if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
         )?;
         h.insert_header("user-agent", concat!("lynkr/", env!("CARGO_PKG_VERSION")))?;
         h.insert_header("x-request-id", request_id)?;
@@ -241,7 +251,10 @@ fn request_header(
 fn is_stale(e: &Error) -> bool {
     matches!(
         e.etype(),
-        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError | ErrorType::H1Error
+        ErrorType::ConnectionClosed
+            | ErrorType::ReadError
+            | ErrorType::WriteError
+            | ErrorType::H1Error
     )
 }
 

@@ -3,7 +3,7 @@
 //! so its users can start from their existing environment. The README's
 //! table lists each variable and what it sets.
 
-use super::{Config, LogFormat, Preset, ProviderConfig, ProviderKind, Problem};
+use super::{Config, LogFormat, Preset, Problem, ProviderConfig, ProviderKind};
 use std::collections::BTreeMap;
 
 /// Values of `MODEL_PROVIDER` this build serves.
@@ -34,8 +34,18 @@ pub(super) fn apply(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -
             Err(_) => problems.push(Problem::new("PORT", format!("not a port number: {v:?}"))),
         }
     }
-    parse_into(&get, "LYNKR_THREADS", &mut config.server.threads, &mut problems);
-    parse_into(&get, "LYNKR_MAX_BODY_BYTES", &mut config.limits.max_body_bytes, &mut problems);
+    parse_into(
+        &get,
+        "LYNKR_THREADS",
+        &mut config.server.threads,
+        &mut problems,
+    );
+    parse_into(
+        &get,
+        "LYNKR_MAX_BODY_BYTES",
+        &mut config.limits.max_body_bytes,
+        &mut problems,
+    );
     if let Some(v) = get("LYNKR_LOG_LEVEL").or_else(|| get("LOG_LEVEL")) {
         config.logging.level = v;
     }
@@ -44,7 +54,10 @@ pub(super) fn apply(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -
             "auto" => config.logging.format = LogFormat::Auto,
             "json" => config.logging.format = LogFormat::Json,
             "text" => config.logging.format = LogFormat::Text,
-            _ => problems.push(Problem::new("LYNKR_LOG_FORMAT", "must be auto, json or text")),
+            _ => problems.push(Problem::new(
+                "LYNKR_LOG_FORMAT",
+                "must be auto, json or text",
+            )),
         }
     }
     if let Some(v) = get("LYNKR_DEFAULT_MODEL") {
@@ -103,18 +116,25 @@ fn legacy_provider(name: &str, get: &dyn Fn(&str) -> Option<String>) -> Option<P
     Some(match name {
         "openai" => provider(
             Preset::Openai,
-            or("OPENAI_ENDPOINT", "https://api.openai.com/v1/chat/completions"),
+            or(
+                "OPENAI_ENDPOINT",
+                "https://api.openai.com/v1/chat/completions",
+            ),
             Some("OPENAI_API_KEY"),
             or("OPENAI_MODEL", "gpt-4o"),
         ),
         "openrouter" => {
             let mut p = provider(
                 Preset::Openrouter,
-                or("OPENROUTER_ENDPOINT", "https://openrouter.ai/api/v1/chat/completions"),
+                or(
+                    "OPENROUTER_ENDPOINT",
+                    "https://openrouter.ai/api/v1/chat/completions",
+                ),
                 Some("OPENROUTER_API_KEY"),
                 or("OPENROUTER_MODEL", "openai/gpt-4o-mini"),
             );
-            p.headers.insert("HTTP-Referer".into(), "https://github.com/lynkr".into());
+            p.headers
+                .insert("HTTP-Referer".into(), "https://github.com/lynkr".into());
             p.headers.insert("X-Title".into(), "Lynkr".into());
             p
         }
@@ -127,7 +147,10 @@ fn legacy_provider(name: &str, get: &dyn Fn(&str) -> Option<String>) -> Option<P
                 deployment.clone(),
             );
             p.deployment = Some(deployment);
-            p.api_version = Some(or("AZURE_OPENAI_API_VERSION", super::validate::AZURE_DEFAULT_API_VERSION));
+            p.api_version = Some(or(
+                "AZURE_OPENAI_API_VERSION",
+                super::validate::AZURE_DEFAULT_API_VERSION,
+            ));
             p
         }
         "databricks" => {
@@ -142,7 +165,11 @@ fn legacy_provider(name: &str, get: &dyn Fn(&str) -> Option<String>) -> Option<P
                 .nth(1)
                 .unwrap_or("databricks")
                 .to_string();
-            let url = format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'));
+            let url = format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                path.trim_start_matches('/')
+            );
             provider(Preset::Databricks, url, Some("DATABRICKS_API_KEY"), model)
         }
         "llamacpp" => provider(

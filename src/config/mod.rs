@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 /// The documented default configuration, used when no file is given.
 pub const DEFAULT_YAML: &str = include_str!("../../conf/lynkr.yaml");
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -26,19 +26,6 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: ModelsConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            limits: LimitsConfig::default(),
-            timeouts: TimeoutsConfig::default(),
-            logging: LoggingConfig::default(),
-            providers: BTreeMap::new(),
-            models: ModelsConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -280,7 +267,10 @@ impl Config {
                 Some((head, rest)) if path.starts_with(head) => rest.to_string(),
                 _ => message,
             };
-            ConfigErrors(vec![Problem::new(if path == "." { "config".into() } else { path }, message)])
+            ConfigErrors(vec![Problem::new(
+                if path == "." { "config".into() } else { path },
+                message,
+            )])
         })
     }
 
@@ -296,7 +286,10 @@ impl Config {
     ) -> Result<Config, ConfigErrors> {
         let text = match path {
             Some(p) => std::fs::read_to_string(p).map_err(|e| {
-                ConfigErrors(vec![Problem::new(p.to_string(), format!("cannot read: {e}"))])
+                ConfigErrors(vec![Problem::new(
+                    p.to_string(),
+                    format!("cannot read: {e}"),
+                )])
             })?,
             None => DEFAULT_YAML.to_string(),
         };

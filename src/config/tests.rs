@@ -2,7 +2,10 @@ use super::*;
 use std::collections::HashMap;
 
 fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     move |k: &str| map.get(k).cloned()
 }
 
@@ -46,23 +49,35 @@ fn every_problem_is_reported_with_its_path() {
         "models.default: unknown provider \"nope\"",
         "models.routes.0.target: no model given",
     ] {
-        assert!(errs.iter().any(|e| e.starts_with(expected)), "missing {expected:?} in {errs:#?}");
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "missing {expected:?} in {errs:#?}"
+        );
     }
 }
 
 #[test]
 fn type_errors_and_unknown_keys_name_the_path() {
     let errs = load_text("limits: {max_body_bytes: lots}\n", &[]).unwrap_err();
-    assert!(errs[0].starts_with("limits.max_body_bytes: invalid type"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("limits.max_body_bytes: invalid type"),
+        "{errs:?}"
+    );
     let errs = load_text("server: {listn: []}\n", &[]).unwrap_err();
-    assert!(errs[0].starts_with("server.listn: unknown field `listn`"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("server.listn: unknown field `listn`"),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn legacy_environment_serves_openai() {
     let env = [
         ("MODEL_PROVIDER", "openai"),
-        ("OPENAI_ENDPOINT", "http://127.0.0.1:9000/v1/chat/completions"),
+        (
+            "OPENAI_ENDPOINT",
+            "http://127.0.0.1:9000/v1/chat/completions",
+        ),
         ("OPENAI_API_KEY", "x"),
         ("OPENAI_MODEL", "gpt-4o"),
         ("PORT", "18090"),
@@ -79,54 +94,108 @@ fn legacy_environment_serves_openai() {
 
 #[test]
 fn legacy_environment_other_providers() {
-    let c = Config::load_with_env(None, &env_of(&[
-        ("MODEL_PROVIDER", "azure-openai"),
-        ("AZURE_OPENAI_ENDPOINT", "https://r.openai.azure.com"),
-        ("AZURE_OPENAI_API_KEY", "k"),
-        ("AZURE_OPENAI_DEPLOYMENT", "dep"),
-        ("AZURE_OPENAI_API_VERSION", "2025-01-01"),
-    ])).unwrap();
+    let c = Config::load_with_env(
+        None,
+        &env_of(&[
+            ("MODEL_PROVIDER", "azure-openai"),
+            ("AZURE_OPENAI_ENDPOINT", "https://r.openai.azure.com"),
+            ("AZURE_OPENAI_API_KEY", "k"),
+            ("AZURE_OPENAI_DEPLOYMENT", "dep"),
+            ("AZURE_OPENAI_API_VERSION", "2025-01-01"),
+        ]),
+    )
+    .unwrap();
     let p = &c.providers["azure-openai"];
-    assert_eq!((p.deployment.as_deref(), p.api_version.as_deref()), (Some("dep"), Some("2025-01-01")));
+    assert_eq!(
+        (p.deployment.as_deref(), p.api_version.as_deref()),
+        (Some("dep"), Some("2025-01-01"))
+    );
 
-    let c = Config::load_with_env(None, &env_of(&[
-        ("MODEL_PROVIDER", "databricks"),
-        ("DATABRICKS_API_BASE", "https://w.cloud.databricks.com"),
-        ("DATABRICKS_API_KEY", "k"),
-        ("DATABRICKS_ENDPOINT_PATH", "/serving-endpoints/my-llm/invocations"),
-    ])).unwrap();
+    let c = Config::load_with_env(
+        None,
+        &env_of(&[
+            ("MODEL_PROVIDER", "databricks"),
+            ("DATABRICKS_API_BASE", "https://w.cloud.databricks.com"),
+            ("DATABRICKS_API_KEY", "k"),
+            (
+                "DATABRICKS_ENDPOINT_PATH",
+                "/serving-endpoints/my-llm/invocations",
+            ),
+        ]),
+    )
+    .unwrap();
     let p = &c.providers["databricks"];
-    assert_eq!(p.base_url, "https://w.cloud.databricks.com/serving-endpoints/my-llm/invocations");
+    assert_eq!(
+        p.base_url,
+        "https://w.cloud.databricks.com/serving-endpoints/my-llm/invocations"
+    );
     assert_eq!(p.model.as_deref(), Some("my-llm"));
 
-    for (name, endpoint_var, model_var) in [("llamacpp", "LLAMACPP_ENDPOINT", "LLAMACPP_MODEL"), ("lmstudio", "LMSTUDIO_ENDPOINT", "LMSTUDIO_MODEL")] {
-        let c = Config::load_with_env(None, &env_of(&[("MODEL_PROVIDER", name), (endpoint_var, "http://127.0.0.1:5555"), (model_var, "qwen")])).unwrap();
+    for (name, endpoint_var, model_var) in [
+        ("llamacpp", "LLAMACPP_ENDPOINT", "LLAMACPP_MODEL"),
+        ("lmstudio", "LMSTUDIO_ENDPOINT", "LMSTUDIO_MODEL"),
+    ] {
+        let c = Config::load_with_env(
+            None,
+            &env_of(&[
+                ("MODEL_PROVIDER", name),
+                (endpoint_var, "http://127.0.0.1:5555"),
+                (model_var, "qwen"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(c.providers[name].base_url, "http://127.0.0.1:5555");
         assert_eq!(c.providers[name].model.as_deref(), Some("qwen"));
     }
 
-    let c = Config::load_with_env(None, &env_of(&[("MODEL_PROVIDER", "openrouter"), ("OPENROUTER_API_KEY", "k"), ("OPENROUTER_MODEL", "x/y")])).unwrap();
+    let c = Config::load_with_env(
+        None,
+        &env_of(&[
+            ("MODEL_PROVIDER", "openrouter"),
+            ("OPENROUTER_API_KEY", "k"),
+            ("OPENROUTER_MODEL", "x/y"),
+        ]),
+    )
+    .unwrap();
     assert_eq!(c.providers["openrouter"].headers["X-Title"], "Lynkr");
 }
 
 #[test]
 fn unknown_provider_and_missing_key_are_errors() {
-    let errs = Config::load_with_env(None, &env_of(&[("MODEL_PROVIDER", "gemini")])).unwrap_err().0;
-    assert!(errs[0].to_string().starts_with("MODEL_PROVIDER: unknown provider \"gemini\""), "{errs:?}");
-    let errs = Config::load_with_env(None, &env_of(&[("MODEL_PROVIDER", "openai")])).unwrap_err().0;
-    assert_eq!(errs[0].to_string(), "providers.openai.api_key_env: environment variable OPENAI_API_KEY is not set");
-    let errs = Config::load_with_env(None, &env_of(&[("PORT", "eighty")])).unwrap_err().0;
+    let errs = Config::load_with_env(None, &env_of(&[("MODEL_PROVIDER", "gemini")]))
+        .unwrap_err()
+        .0;
+    assert!(
+        errs[0]
+            .to_string()
+            .starts_with("MODEL_PROVIDER: unknown provider \"gemini\""),
+        "{errs:?}"
+    );
+    let errs = Config::load_with_env(None, &env_of(&[("MODEL_PROVIDER", "openai")]))
+        .unwrap_err()
+        .0;
+    assert_eq!(
+        errs[0].to_string(),
+        "providers.openai.api_key_env: environment variable OPENAI_API_KEY is not set"
+    );
+    let errs = Config::load_with_env(None, &env_of(&[("PORT", "eighty")]))
+        .unwrap_err()
+        .0;
     assert_eq!(errs[0].path, "PORT");
 }
 
 #[test]
 fn lynkr_overrides() {
-    let c = Config::load_with_env(None, &env_of(&[
-        ("LYNKR_LISTEN", "127.0.0.1:1,127.0.0.1:2"),
-        ("LYNKR_MAX_BODY_BYTES", "1000"),
-        ("LOG_LEVEL", "debug"),
-        ("LYNKR_THREADS", "4"),
-    ])).unwrap();
+    let c = Config::load_with_env(
+        None,
+        &env_of(&[
+            ("LYNKR_LISTEN", "127.0.0.1:1,127.0.0.1:2"),
+            ("LYNKR_MAX_BODY_BYTES", "1000"),
+            ("LOG_LEVEL", "debug"),
+            ("LYNKR_THREADS", "4"),
+        ]),
+    )
+    .unwrap();
     assert_eq!(c.server.listen, ["127.0.0.1:1", "127.0.0.1:2"]);
     assert_eq!((c.limits.max_body_bytes, c.server.threads), (1000, 4));
     assert_eq!(c.logging.level, "debug");

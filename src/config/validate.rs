@@ -29,7 +29,10 @@ impl std::fmt::Display for Problem {
 pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
     let mut p = Vec::new();
     if c.server.listen.is_empty() {
-        p.push(Problem::new("server.listen", "at least one address is required"));
+        p.push(Problem::new(
+            "server.listen",
+            "at least one address is required",
+        ));
     }
     for (i, addr) in c.server.listen.iter().enumerate() {
         if addr.parse::<SocketAddr>().is_err() {
@@ -43,10 +46,16 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
         p.push(Problem::new("server.threads", "must be at least 1"));
     }
     if c.limits.max_body_bytes == 0 {
-        p.push(Problem::new("limits.max_body_bytes", "must be greater than 0"));
+        p.push(Problem::new(
+            "limits.max_body_bytes",
+            "must be greater than 0",
+        ));
     }
     if c.limits.max_response_bytes == 0 {
-        p.push(Problem::new("limits.max_response_bytes", "must be greater than 0"));
+        p.push(Problem::new(
+            "limits.max_response_bytes",
+            "must be greater than 0",
+        ));
     }
     let t = &c.timeouts;
     for (name, v) in [
@@ -57,15 +66,28 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
         ("pool_idle_ms", t.pool_idle_ms),
     ] {
         if v == 0 {
-            p.push(Problem::new(format!("timeouts.{name}"), "must be greater than 0"));
+            p.push(Problem::new(
+                format!("timeouts.{name}"),
+                "must be greater than 0",
+            ));
         }
     }
-    if c.logging.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
-        p.push(Problem::new("logging.level", format!("not a log level or filter: {:?}", c.logging.level)));
+    if c.logging
+        .level
+        .parse::<tracing_subscriber::EnvFilter>()
+        .is_err()
+    {
+        p.push(Problem::new(
+            "logging.level",
+            format!("not a log level or filter: {:?}", c.logging.level),
+        ));
     }
 
     if c.providers.is_empty() {
-        p.push(Problem::new("providers", "at least one provider is required"));
+        p.push(Problem::new(
+            "providers",
+            "at least one provider is required",
+        ));
     }
     for (name, prov) in &c.providers {
         let path = format!("providers.{name}");
@@ -83,34 +105,57 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
             )),
             None if prov.preset.requires_key() => p.push(Problem::new(
                 format!("{path}.api_key_env"),
-                format!("required for preset {:?}: name the variable holding the API key", prov.preset),
+                format!(
+                    "required for preset {:?}: name the variable holding the API key",
+                    prov.preset
+                ),
             )),
             _ => {}
         }
         if prov.preset == Preset::Azure && prov.deployment.is_none() && prov.model.is_none() {
-            p.push(Problem::new(format!("{path}.deployment"), "required for Azure (or set model)"));
+            p.push(Problem::new(
+                format!("{path}.deployment"),
+                "required for Azure (or set model)",
+            ));
         }
         if prov.max_output_tokens == Some(0) {
-            p.push(Problem::new(format!("{path}.max_output_tokens"), "must be greater than 0"));
+            p.push(Problem::new(
+                format!("{path}.max_output_tokens"),
+                "must be greater than 0",
+            ));
         }
         for header in prov.headers.keys() {
             if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                p.push(Problem::new(format!("{path}.headers.{header}"), "not a valid header name"));
+                p.push(Problem::new(
+                    format!("{path}.headers.{header}"),
+                    "not a valid header name",
+                ));
             }
         }
     }
 
     if c.models.default.is_none() && c.models.routes.is_empty() {
-        p.push(Problem::new("models", "no route: set models.default or models.routes"));
+        p.push(Problem::new(
+            "models",
+            "no route: set models.default or models.routes",
+        ));
     }
     if let Some(target) = &c.models.default {
         check_target(c, "models.default", target, &mut p);
     }
     for (i, route) in c.models.routes.iter().enumerate() {
         if route.pattern.trim().is_empty() {
-            p.push(Problem::new(format!("models.routes.{i}.match"), "must not be empty"));
+            p.push(Problem::new(
+                format!("models.routes.{i}.match"),
+                "must not be empty",
+            ));
         }
-        check_target(c, &format!("models.routes.{i}.target"), &route.target, &mut p);
+        check_target(
+            c,
+            &format!("models.routes.{i}.target"),
+            &route.target,
+            &mut p,
+        );
     }
     p
 }
@@ -122,10 +167,12 @@ fn check_target(c: &Config, path: &str, target: &str, p: &mut Vec<Problem>) {
     };
     match c.providers.get(provider) {
         None => p.push(Problem::new(path, format!("unknown provider {provider:?}"))),
-        Some(prov) if model.is_none_or(str::is_empty) && prov.model.is_none() => p.push(Problem::new(
-            path,
-            format!("no model given and provider {provider:?} has no default model"),
-        )),
+        Some(prov) if model.is_none_or(str::is_empty) && prov.model.is_none() => {
+            p.push(Problem::new(
+                path,
+                format!("no model given and provider {provider:?} has no default model"),
+            ))
+        }
         _ => {}
     }
 }

@@ -19,7 +19,11 @@ use std::time::Duration;
 /// connection can go back to the pool.
 const DRAIN_AFTER_DONE: Duration = Duration::from_secs(1);
 
-pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+pub async fn handle(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), ApiError> {
     let body = read_body(session, gw.limits.max_body_bytes).await?;
     let req = parse_messages_request(&body)?;
     drop(body);
@@ -39,7 +43,12 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
 
     let mut ex = gw
         .upstream
-        .send(provider, Bytes::from(upstream_body), ctx.stream, &ctx.request_id)
+        .send(
+            provider,
+            Bytes::from(upstream_body),
+            ctx.stream,
+            &ctx.request_id,
+        )
         .await?;
     ctx.first_byte_ms = Some(ctx.started.elapsed().as_millis() as u64);
     if !(200..300).contains(&ex.status) {
@@ -55,7 +64,10 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     }
 
     // A whole JSON completion (also when a server ignored `stream: true`).
-    let body = match ex.read_all(&provider.name, gw.limits.max_response_bytes).await {
+    let body = match ex
+        .read_all(&provider.name, gw.limits.max_response_bytes)
+        .await
+    {
         Ok(b) => b,
         Err(e) => {
             ex.abort().await;
@@ -69,7 +81,9 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     if ctx.stream {
         let events = message_events(&message);
         write_sse_header(session, ctx).await.map_err(client_gone)?;
-        let _ = session.write_response_body(Some(events.freeze()), true).await;
+        let _ = session
+            .write_response_body(Some(events.freeze()), true)
+            .await;
         return Ok(());
     }
     let json = serde_json::to_vec(&message).map_err(|e| ApiError::api(e.to_string()))?;
@@ -106,7 +120,9 @@ async fn stream(
                 // Mid-stream: an `event: error`, so Claude Code retries.
                 ctx.error = Some(e.message.clone());
                 out.extend_from_slice(e.sse_event().as_bytes());
-                let _ = session.write_response_body(Some(out.split().freeze()), true).await;
+                let _ = session
+                    .write_response_body(Some(out.split().freeze()), true)
+                    .await;
                 return Ok(());
             }
         };
@@ -118,7 +134,10 @@ async fn stream(
                 }
                 header_sent = true;
             }
-            if let Err(e) = session.write_response_body(Some(out.split().freeze()), false).await {
+            if let Err(e) = session
+                .write_response_body(Some(out.split().freeze()), false)
+                .await
+            {
                 ex.abort().await;
                 return Err(client_gone(e));
             }
@@ -139,7 +158,10 @@ async fn stream(
     Ok(())
 }
 
-async fn write_sse_header(session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<()> {
+async fn write_sse_header(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> pingora_error::Result<()> {
     let mut h = ResponseHeader::build(200, Some(4))?;
     h.insert_header("content-type", "text/event-stream")?;
     h.insert_header("cache-control", "no-cache")?;

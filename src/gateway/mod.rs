@@ -78,7 +78,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         // Keep a caller's request id (bounded, printable) or make one.
         ctx.request_id = session
             .req_header()
@@ -110,9 +114,16 @@ impl ProxyHttp for Gateway {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         // Unreachable: request_filter answers every request.
-        Err(Error::explain(ErrorType::InternalError, "lynkr answers in request_filter"))
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "lynkr answers in request_filter",
+        ))
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -20,7 +20,11 @@ pub async fn health(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), A
 }
 
 /// The names the configuration routes, in Anthropic's list shape.
-pub async fn models(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+pub async fn models(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), ApiError> {
     let names = gw.router.model_names();
     let data: Vec<_> = names
         .iter()
@@ -36,7 +40,11 @@ pub async fn models(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     Ok(())
 }
 
-pub async fn count_tokens(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+pub async fn count_tokens(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), ApiError> {
     let body = read_body(session, gw.limits.max_body_bytes).await?;
     let req = parse_count_tokens_request(&body)?;
     ctx.model = Some(req.model.clone());
@@ -85,7 +93,9 @@ pub fn estimate_tokens(req: &CountTokensRequest) -> u64 {
                             }
                             None => {}
                         },
-                        ContentBlock::Image { .. } | ContentBlock::Document { .. } => extra += IMAGE_TOKENS,
+                        ContentBlock::Image { .. } | ContentBlock::Document { .. } => {
+                            extra += IMAGE_TOKENS
+                        }
                         ContentBlock::RedactedThinking { data } => bytes += data.len(),
                     }
                 }
@@ -94,7 +104,7 @@ pub fn estimate_tokens(req: &CountTokensRequest) -> u64 {
     }
     for t in req.tools.iter().flatten() {
         bytes += t.name.len()
-            + t.description.as_deref().map_or(0, str::len)
+            + t.description.as_ref().map_or(0, |d| d.get().len())
             + t.input_schema.as_ref().map_or(0, |s| s.get().len());
     }
     (bytes as u64).div_ceil(4) + extra

@@ -29,7 +29,11 @@ pub async fn send(
     };
     let Ok(header) = head() else { return };
     let is_head = session.req_header().method == http::Method::HEAD;
-    if session.write_response_header(Box::new(header), is_head).await.is_err() {
+    if session
+        .write_response_header(Box::new(header), is_head)
+        .await
+        .is_err()
+    {
         return;
     }
     if !is_head {
@@ -38,7 +42,15 @@ pub async fn send(
 }
 
 pub async fn json(session: &mut Session, ctx: &mut RequestCtx, status: u16, body: Vec<u8>) {
-    send(session, ctx, status, "application/json", Bytes::from(body), None).await
+    send(
+        session,
+        ctx,
+        status,
+        "application/json",
+        Bytes::from(body),
+        None,
+    )
+    .await
 }
 
 /// An Anthropic-shaped error response.
@@ -53,5 +65,13 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) 
         session.set_keepalive(None);
     }
     let body = Bytes::from(err.body());
-    send(session, ctx, err.status, "application/json", body, err.retry_after).await
+    send(
+        session,
+        ctx,
+        err.status,
+        "application/json",
+        body,
+        err.retry_after,
+    )
+    .await
 }

@@ -75,7 +75,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for TextOrBlocks<T> {
             fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
                 Ok(TextOrBlocks::Text(v))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut blocks = Vec::with_capacity(seq.size_hint().unwrap_or(4));
                 while let Some(block) = seq.next_element()? {
                     blocks.push(block);
@@ -181,8 +184,10 @@ pub struct Tool {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
     pub name: String,
+    /// Kept as the raw JSON string token: tool descriptions are most of a
+    /// Claude Code request (47 of 76 KB) and pass through untouched.
     #[serde(default)]
-    pub description: Option<String>,
+    pub description: Option<Box<RawValue>>,
     #[serde(default)]
     pub input_schema: Option<Box<RawValue>>,
 }

@@ -129,7 +129,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status, self.kind.as_str(), self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status,
+            self.kind.as_str(),
+            self.message
+        )
     }
 }
 

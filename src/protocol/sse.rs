@@ -128,7 +128,11 @@ pub fn message_events(msg: &MessageResponse) -> BytesMut {
     let mut start = serde_json::to_value(msg).expect("message serializes");
     start["content"] = serde_json::json!([]);
     start["stop_reason"] = serde_json::Value::Null;
-    write_event(&mut out, "message_start", &serde_json::json!({"type": "message_start", "message": start}));
+    write_event(
+        &mut out,
+        "message_start",
+        &serde_json::json!({"type": "message_start", "message": start}),
+    );
     for (index, block) in msg.content.iter().enumerate() {
         let (empty, delta) = match block {
             ResponseBlock::Text { text } => (
@@ -144,14 +148,34 @@ pub fn message_events(msg: &MessageResponse) -> BytesMut {
                 serde_json::json!({"type": "input_json_delta", "partial_json": input.to_string()}),
             ),
         };
-        write_event(&mut out, "content_block_start", &serde_json::json!({"type": "content_block_start", "index": index, "content_block": empty}));
-        write_event(&mut out, "content_block_delta", &serde_json::json!({"type": "content_block_delta", "index": index, "delta": delta}));
-        write_event(&mut out, "content_block_stop", &serde_json::json!({"type": "content_block_stop", "index": index}));
+        write_event(
+            &mut out,
+            "content_block_start",
+            &serde_json::json!({"type": "content_block_start", "index": index, "content_block": empty}),
+        );
+        write_event(
+            &mut out,
+            "content_block_delta",
+            &serde_json::json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        );
+        write_event(
+            &mut out,
+            "content_block_stop",
+            &serde_json::json!({"type": "content_block_stop", "index": index}),
+        );
     }
-    write_event(&mut out, "message_delta", &serde_json::json!({"type": "message_delta",
+    write_event(
+        &mut out,
+        "message_delta",
+        &serde_json::json!({"type": "message_delta",
         "delta": {"stop_reason": msg.stop_reason, "stop_sequence": msg.stop_sequence},
-        "usage": msg.usage}));
-    write_event(&mut out, "message_stop", &serde_json::json!({"type": "message_stop"}));
+        "usage": msg.usage}),
+    );
+    write_event(
+        &mut out,
+        "message_stop",
+        &serde_json::json!({"type": "message_stop"}),
+    );
     out
 }
 
@@ -170,7 +194,8 @@ mod tests {
 
     #[test]
     fn parses_events_split_at_every_byte() {
-        let stream = b"data: {\"a\":1}\n\nevent: x\ndata: two\ndata: lines\n\n: comment\n\ndata: [DONE]\n\n";
+        let stream =
+            b"data: {\"a\":1}\n\nevent: x\ndata: two\ndata: lines\n\n: comment\n\ndata: [DONE]\n\n";
         let whole = parse_all(&[stream]);
         assert_eq!(whole.len(), 3);
         assert_eq!(whole[1].event.as_deref(), Some("x"));

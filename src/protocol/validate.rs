@@ -16,6 +16,7 @@ pub fn parse_messages_request(body: &[u8]) -> Result<MessagesRequest, ApiError> 
         return Err(ApiError::invalid("max_tokens: must be at least 1"));
     }
     check_messages(&req.messages)?;
+    check_tools(req.tools.as_deref())?;
     if let Some(t) = req.temperature {
         if !(0.0..=2.0).contains(&t) {
             return Err(ApiError::invalid("temperature: must be between 0 and 2"));
@@ -33,12 +34,15 @@ pub fn parse_messages_request(body: &[u8]) -> Result<MessagesRequest, ApiError> 
 pub fn parse_count_tokens_request(body: &[u8]) -> Result<CountTokensRequest, ApiError> {
     let req: CountTokensRequest = parse_json(body)?;
     check_messages(&req.messages)?;
+    check_tools(req.tools.as_deref())?;
     Ok(req)
 }
 
 fn check_messages(messages: &[super::anthropic::Message]) -> Result<(), ApiError> {
     if messages.is_empty() {
-        return Err(ApiError::invalid("messages: at least one message is required"));
+        return Err(ApiError::invalid(
+            "messages: at least one message is required",
+        ));
     }
     for (i, m) in messages.iter().enumerate() {
         let TextOrBlocks::Blocks(blocks) = &m.content else {
@@ -66,6 +70,34 @@ fn check_messages(messages: &[super::anthropic::Message]) -> Result<(), ApiError
     Ok(())
 }
 
+/// What serde leaves unchecked in tools (kept raw for speed).
+fn check_tools(tools: Option<&[super::anthropic::Tool]>) -> Result<(), ApiError> {
+    for (i, t) in tools.unwrap_or_default().iter().enumerate() {
+        if t.description
+            .as_ref()
+            .is_some_and(|d| !d.get().starts_with('"'))
+        {
+            return Err(ApiError::invalid(format!(
+                "tools.{i}.description: must be a string"
+            )));
+        }
+        if t.input_schema
+            .as_ref()
+            .is_some_and(|s| !s.get().starts_with('{'))
+        {
+            return Err(ApiError::invalid(format!(
+                "tools.{i}.input_schema: must be an object"
+            )));
+        }
+        if t.name.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "tools.{i}.name: must not be empty"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn block_name(b: &ContentBlock) -> &'static str {
     match b {
         ContentBlock::Text { .. } => "text",
@@ -86,7 +118,8 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(describe)?;
-    de.end().map_err(|e| ApiError::invalid(format!("body: invalid JSON: {e}")))?;
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("body: invalid JSON: {e}")))?;
     Ok(value)
 }
 
@@ -138,17 +171,50 @@ mod tests {
             err(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#),
             "max_tokens: field required"
         );
-        assert!(err(r#"{"model":"m","max_tokens":"x","messages":[]}"#).starts_with("max_tokens: invalid type"));
-        assert!(err(r#"{"model":"m","max_tokens":5,"messages":[{"role":"robot","content":"hi"}]}"#)
-            .starts_with("messages.0.role: unknown variant `robot`"));
-        let e = err(r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"video"}]}]}"#);
-        assert!(e.starts_with("messages.0.content.1.type: unknown variant `video`"), "{e}");
-        let e = err(r#"{"model":"m","max_tokens":5,"messages":[{"role":"assistant","content":[{"type":"tool_use","name":"x","input":{}}]}]}"#);
+        assert!(err(r#"{"model":"m","max_tokens":"x","messages":[]}"#)
+            .starts_with("max_tokens: invalid type"));
+        assert!(err(
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"robot","content":"hi"}]}"#
+        )
+        .starts_with("messages.0.role: unknown variant `robot`"));
+        let e = err(
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"video"}]}]}"#,
+        );
+        assert!(
+            e.starts_with("messages.0.content.1.type: unknown variant `video`"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"assistant","content":[{"type":"tool_use","name":"x","input":{}}]}]}"#,
+        );
         assert_eq!(e, "messages.0.content.0.id: field required");
-        assert_eq!(err(r#"{"model":"m","max_tokens":5,"messages":[]}"#), "messages: at least one message is required");
-        assert_eq!(err(r#"{"model":"m","max_tokens":0,"messages":[{"role":"user","content":"x"}]}"#), "max_tokens: must be at least 1");
-        let e = err(r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"tool_use","id":"a","name":"x","input":{}}]}]}"#);
-        assert!(e.starts_with("messages.0.content.0.type: a tool_use block"), "{e}");
+        assert_eq!(
+            err(r#"{"model":"m","max_tokens":5,"messages":[]}"#),
+            "messages: at least one message is required"
+        );
+        assert_eq!(
+            err(r#"{"model":"m","max_tokens":0,"messages":[{"role":"user","content":"x"}]}"#),
+            "max_tokens: must be at least 1"
+        );
+        let e = err(
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"tool_use","id":"a","name":"x","input":{}}]}]}"#,
+        );
+        assert!(
+            e.starts_with("messages.0.content.0.type: a tool_use block"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tools_are_checked() {
+        let e = err(
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],"tools":[{"name":"a","description":5,"input_schema":{}}]}"#,
+        );
+        assert_eq!(e, "tools.0.description: must be a string");
+        let e = err(
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],"tools":[{"name":"a","input_schema":[]}]}"#,
+        );
+        assert_eq!(e, "tools.0.input_schema: must be an object");
     }
 
     #[test]
@@ -156,8 +222,10 @@ mod tests {
         assert!(err("{\"model\":").starts_with("body: invalid JSON"));
         assert_eq!(err("[1,2]"), "body: must be a JSON object");
         assert!(err("42").starts_with("body: invalid type"));
-        assert!(err(r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}]} trailing"#)
-            .starts_with("body: invalid JSON"));
+        assert!(err(
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}]} trailing"#
+        )
+        .starts_with("body: invalid JSON"));
     }
 
     #[test]

@@ -94,7 +94,10 @@ fn chat_completions_endpoint(cfg: &ProviderConfig) -> Result<Endpoint, String> {
         let suffix = match cfg.preset {
             Preset::Azure => format!(
                 "/openai/deployments/{}/chat/completions",
-                cfg.deployment.as_deref().or(cfg.model.as_deref()).unwrap_or_default()
+                cfg.deployment
+                    .as_deref()
+                    .or(cfg.model.as_deref())
+                    .unwrap_or_default()
             ),
             Preset::Llamacpp | Preset::Lmstudio if !path.ends_with("/v1") => {
                 "/v1/chat/completions".to_string()
@@ -120,7 +123,10 @@ fn chat_completions_endpoint(cfg: &ProviderConfig) -> Result<Endpoint, String> {
     }
     Ok(Endpoint {
         tls,
-        host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
         port,
         path,
     })
@@ -139,19 +145,37 @@ mod tests {
 
     #[test]
     fn endpoints_by_preset() {
-        let e = chat_completions_endpoint(&cfg(Preset::Openai, "https://api.openai.com/v1")).unwrap();
-        assert_eq!((e.tls, e.host.as_str(), e.port, e.path.as_str()), (true, "api.openai.com", 443, "/v1/chat/completions"));
+        let e =
+            chat_completions_endpoint(&cfg(Preset::Openai, "https://api.openai.com/v1")).unwrap();
+        assert_eq!(
+            (e.tls, e.host.as_str(), e.port, e.path.as_str()),
+            (true, "api.openai.com", 443, "/v1/chat/completions")
+        );
         assert_eq!(e.authority(), "api.openai.com");
-        let e = chat_completions_endpoint(&cfg(Preset::Generic, "http://127.0.0.1:9000/v1/chat/completions")).unwrap();
-        assert_eq!((e.tls, e.port, e.path.as_str()), (false, 9000, "/v1/chat/completions"));
+        let e = chat_completions_endpoint(&cfg(
+            Preset::Generic,
+            "http://127.0.0.1:9000/v1/chat/completions",
+        ))
+        .unwrap();
+        assert_eq!(
+            (e.tls, e.port, e.path.as_str()),
+            (false, 9000, "/v1/chat/completions")
+        );
         assert_eq!(e.authority(), "127.0.0.1:9000");
         let mut az = cfg(Preset::Azure, "https://r.openai.azure.com/");
         az.deployment = Some("gpt4o".into());
         let e = chat_completions_endpoint(&az).unwrap();
-        assert_eq!(e.path, "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21");
+        assert_eq!(
+            e.path,
+            "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21"
+        );
         let e = chat_completions_endpoint(&cfg(Preset::Llamacpp, "http://localhost:8081")).unwrap();
         assert_eq!(e.path, "/v1/chat/completions");
-        let e = chat_completions_endpoint(&cfg(Preset::Databricks, "https://x.cloud.databricks.com/serving-endpoints/claude/invocations")).unwrap();
+        let e = chat_completions_endpoint(&cfg(
+            Preset::Databricks,
+            "https://x.cloud.databricks.com/serving-endpoints/claude/invocations",
+        ))
+        .unwrap();
         assert_eq!(e.path, "/serving-endpoints/claude/invocations");
     }
 

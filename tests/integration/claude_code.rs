@@ -34,17 +34,28 @@ fn claude_bin() -> PathBuf {
 fn script(target: PathBuf) -> impl Fn(&Recorded) -> Reply + Send + Sync + 'static {
     move |r: &Recorded| {
         let b = &r.body;
-        let has_write = b["tools"].as_array().is_some_and(|t| t.iter().any(|t| t["function"]["name"] == "Write"));
-        let has_result = b["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+        let has_write = b["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["function"]["name"] == "Write"));
+        let has_result = b["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
         let structured = b.get("response_format").is_some();
         let stream = b["stream"] == true;
         let (text, calls): (String, Vec<(String, String, String)>) = if has_write && !has_result {
-            let args = json!({"file_path": target.to_str().unwrap(), "content": FILE_CONTENT}).to_string();
-            ("I'll create the file.".into(), vec![("call_write_1".into(), "Write".into(), args)])
+            let args =
+                json!({"file_path": target.to_str().unwrap(), "content": FILE_CONTENT}).to_string();
+            (
+                "I'll create the file.".into(),
+                vec![("call_write_1".into(), "Write".into(), args)],
+            )
         } else if has_write {
             (FINAL_TEXT.into(), vec![])
         } else if structured {
-            (json!({"title": "Lynkr end-to-end test"}).to_string(), vec![])
+            (
+                json!({"title": "Lynkr end-to-end test"}).to_string(),
+                vec![],
+            )
         } else {
             ("OK".into(), vec![])
         };
@@ -54,17 +65,31 @@ fn script(target: PathBuf) -> impl Fn(&Recorded) -> Reply + Send + Sync + 'stati
             } else {
                 Value::Array(calls.iter().map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})).collect())
             };
-            let finish = if calls.is_empty() { "stop" } else { "tool_calls" };
-            return Reply::Json { status: 200, body: completion_json(&text, finish, tool_calls), headers: vec![] };
+            let finish = if calls.is_empty() {
+                "stop"
+            } else {
+                "tool_calls"
+            };
+            return Reply::Json {
+                status: 200,
+                body: completion_json(&text, finish, tool_calls),
+                headers: vec![],
+            };
         }
         let pieces = if calls.is_empty() {
             let words: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
             text_stream(&words.iter().map(String::as_str).collect::<Vec<_>>())
         } else {
-            let calls: Vec<(&str, &str, &str)> = calls.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
+            let calls: Vec<(&str, &str, &str)> = calls
+                .iter()
+                .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+                .collect();
             tool_stream(&text, &calls, 7)
         };
-        Reply::Sse { pieces, delay: Duration::from_millis(1) }
+        Reply::Sse {
+            pieces,
+            delay: Duration::from_millis(1),
+        }
     }
 }
 
@@ -94,18 +119,52 @@ async fn claude_code_writes_a_file_through_lynkr() {
             .output()
             .unwrap_or_else(|e| panic!("cannot run {bin:?} (install it with the README's test command): {e}"))
     });
-    let out = tokio::time::timeout(Duration::from_secs(240), out).await.expect("claude finished in time").unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(240), out)
+        .await
+        .expect("claude finished in time")
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let context = || format!("stdout:\n{stdout}\nstderr:\n{stderr}\nupstream saw {} requests\ngateway log:\n{}", mock.requests().len(), gw.log());
+    let context = || {
+        format!(
+            "stdout:\n{stdout}\nstderr:\n{stderr}\nupstream saw {} requests\ngateway log:\n{}",
+            mock.requests().len(),
+            gw.log()
+        )
+    };
     assert!(out.status.success(), "claude failed\n{}", context());
-    let result: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap_or_else(|_| panic!("no JSON result\n{}", context()));
+    let result: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|_| panic!("no JSON result\n{}", context()));
     assert_eq!(result["is_error"], false, "{}", context());
-    assert_eq!(result["result"].as_str().map(str::trim), Some(FINAL_TEXT), "{}", context());
-    assert_eq!(std::fs::read_to_string(&target).unwrap_or_default(), FILE_CONTENT, "{}", context());
+    assert_eq!(
+        result["result"].as_str().map(str::trim),
+        Some(FINAL_TEXT),
+        "{}",
+        context()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap_or_default(),
+        FILE_CONTENT,
+        "{}",
+        context()
+    );
     // The tool result went back upstream as an OpenAI tool message.
-    let followup = mock.requests().into_iter().find(|r| r.body["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "tool"))).expect("a follow-up with the tool result");
-    let tool_msg = followup.body["messages"].as_array().unwrap().iter().find(|m| m["role"] == "tool").unwrap().clone();
+    let followup = mock
+        .requests()
+        .into_iter()
+        .find(|r| {
+            r.body["messages"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"))
+        })
+        .expect("a follow-up with the tool result");
+    let tool_msg = followup.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .unwrap()
+        .clone();
     assert_eq!(tool_msg["tool_call_id"], "call_write_1");
     let _ = std::fs::remove_dir_all(&home);
     let _ = std::fs::remove_dir_all(&work);

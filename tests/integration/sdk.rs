@@ -36,13 +36,21 @@ async fn anthropic_python_sdk_assembles_the_translated_stream() {
     let script = repo_root().join("tests/sdk/anthropic_sdk_check.py");
     let base = gw.base.clone();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3").arg(script).arg(base).output().expect("python3 runs")
+        std::process::Command::new("python3")
+            .arg(script)
+            .arg(base)
+            .output()
+            .expect("python3 runs")
     })
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SDK check failed:\n{stdout}\n{stderr}\ngateway log:\n{}", gw.log());
+    assert!(
+        out.status.success(),
+        "SDK check failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
+        gw.log()
+    );
     assert!(stdout.contains("SDK OK"), "{stdout}");
     // Every SDK call that should reach the upstream did.
     assert_eq!(mock.requests().len(), 4);

@@ -120,7 +120,7 @@ pub struct ChatTool<'a> {
 pub struct FunctionDef<'a> {
     pub name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<&'a str>,
+    pub description: Option<&'a RawValue>,
     pub parameters: &'a RawValue,
 }
 
@@ -155,7 +155,10 @@ pub fn to_chat_request<'a>(
             function: FunctionDef {
                 name: &t.name,
                 description: t.description.as_deref(),
-                parameters: t.input_schema.as_deref().expect("client tools have a schema"),
+                parameters: t
+                    .input_schema
+                    .as_deref()
+                    .expect("client tools have a schema"),
             },
         })
         .collect();
@@ -319,7 +322,9 @@ fn close_pending<'a>(pending: &mut Vec<&'a str>, out: &mut Vec<ChatMessage<'a>>)
     }
 }
 
-fn assistant_message(content: &TextOrBlocks<ContentBlock>) -> (Option<Cow<'_, str>>, Vec<ToolCall<'_>>) {
+fn assistant_message(
+    content: &TextOrBlocks<ContentBlock>,
+) -> (Option<Cow<'_, str>>, Vec<ToolCall<'_>>) {
     let blocks = match content {
         TextOrBlocks::Text(t) => return (Some(Cow::Borrowed(t.as_str())), Vec::new()),
         TextOrBlocks::Blocks(b) => b,

@@ -107,7 +107,10 @@ pub fn parse_arguments(arguments: &str) -> Value {
     }
 }
 
-pub fn reasoning_text(reasoning_content: Option<&str>, reasoning: Option<&Value>) -> Option<String> {
+pub fn reasoning_text(
+    reasoning_content: Option<&str>,
+    reasoning: Option<&Value>,
+) -> Option<String> {
     reasoning_content
         .map(str::to_owned)
         .or_else(|| reasoning.and_then(|r| r.as_str()).map(str::to_owned))
@@ -116,16 +119,20 @@ pub fn reasoning_text(reasoning_content: Option<&str>, reasoning: Option<&Value>
 
 /// Translate a whole (non-streaming) completion body.
 pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, ApiError> {
-    let completion: ChatCompletion = parse_json(body)
-        .map_err(|e| ApiError::api(format!("upstream returned an invalid completion: {}", e.message)).with_status(502))?;
-    let choice = completion
-        .choices
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::api("upstream returned a completion without choices").with_status(502))?;
+    let completion: ChatCompletion = parse_json(body).map_err(|e| {
+        ApiError::api(format!(
+            "upstream returned an invalid completion: {}",
+            e.message
+        ))
+        .with_status(502)
+    })?;
+    let choice = completion.choices.into_iter().next().ok_or_else(|| {
+        ApiError::api("upstream returned a completion without choices").with_status(502)
+    })?;
     let msg = choice.message;
     let mut content = Vec::new();
-    if let Some(thinking) = reasoning_text(msg.reasoning_content.as_deref(), msg.reasoning.as_ref()) {
+    if let Some(thinking) = reasoning_text(msg.reasoning_content.as_deref(), msg.reasoning.as_ref())
+    {
         content.push(ResponseBlock::Thinking {
             thinking,
             signature: String::new(),
@@ -138,12 +145,17 @@ pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, Ap
     }
     for (n, call) in msg.tool_calls.into_iter().flatten().enumerate() {
         content.push(ResponseBlock::ToolUse {
-            id: call.id.filter(|s| !s.is_empty()).unwrap_or_else(|| format!("toolu_lynkr_{n}")),
+            id: call
+                .id
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| format!("toolu_lynkr_{n}")),
             input: parse_arguments(&call.function.arguments),
             name: call.function.name,
         });
     }
-    let has_tool_use = content.iter().any(|b| matches!(b, ResponseBlock::ToolUse { .. }));
+    let has_tool_use = content
+        .iter()
+        .any(|b| matches!(b, ResponseBlock::ToolUse { .. }));
     let mut stop = stop_reason(choice.finish_reason.as_deref());
     // Some servers say "stop" even when the turn ends in tool calls.
     if has_tool_use && stop == StopReason::EndTurn {

@@ -129,9 +129,9 @@ impl StreamTranslator {
         if self.done {
             return Ok(Progress::Done);
         }
-        self.parser
-            .feed(bytes, &mut self.events)
-            .map_err(|_| ApiError::api("upstream sent an oversized stream event").with_status(502))?;
+        self.parser.feed(bytes, &mut self.events).map_err(|_| {
+            ApiError::api("upstream sent an oversized stream event").with_status(502)
+        })?;
         let events = std::mem::take(&mut self.events);
         for event in &events {
             let data = event.data.trim();
@@ -167,7 +167,10 @@ impl StreamTranslator {
             self.finish(out);
             return Ok(());
         }
-        Err(ApiError::api("upstream stream ended before the response was complete").with_status(502))
+        Err(
+            ApiError::api("upstream stream ended before the response was complete")
+                .with_status(502),
+        )
     }
 
     fn chunk(&mut self, chunk: Chunk, out: &mut BytesMut) -> Result<(), ApiError> {
@@ -198,10 +201,14 @@ impl StreamTranslator {
     }
 
     fn delta(&mut self, delta: Delta, out: &mut BytesMut) -> Result<(), ApiError> {
-        if let Some(thinking) = reasoning_text(delta.reasoning_content.as_deref(), delta.reasoning.as_ref()) {
-            self.ensure_block(Block::Thinking, out, || {
-                json!({"type": "thinking", "thinking": "", "signature": ""})
-            });
+        if let Some(thinking) =
+            reasoning_text(delta.reasoning_content.as_deref(), delta.reasoning.as_ref())
+        {
+            self.ensure_block(
+                Block::Thinking,
+                out,
+                || json!({"type": "thinking", "thinking": "", "signature": ""}),
+            );
             self.block_delta(out, json!({"type": "thinking_delta", "thinking": thinking}));
         }
         for text in [delta.content, delta.refusal].into_iter().flatten() {
@@ -228,15 +235,22 @@ impl StreamTranslator {
                     .id
                     .clone()
                     .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| format!("toolu_lynkr_{:x}_{index}", crate::util::unique_id()));
+                    .unwrap_or_else(|| {
+                        format!("toolu_lynkr_{:x}_{index}", crate::util::unique_id())
+                    });
                 let name = function.name.clone().unwrap_or_default();
-                self.ensure_block(Block::Tool(index), out, || {
-                    json!({"type": "tool_use", "id": id, "name": name, "input": {}})
-                });
+                self.ensure_block(
+                    Block::Tool(index),
+                    out,
+                    || json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                );
                 self.saw_tool_call = true;
             }
             if let Some(args) = function.arguments.filter(|a| !a.is_empty()) {
-                self.block_delta(out, json!({"type": "input_json_delta", "partial_json": args}));
+                self.block_delta(
+                    out,
+                    json!({"type": "input_json_delta", "partial_json": args}),
+                );
             }
         }
         Ok(())
@@ -310,13 +324,13 @@ impl StreamTranslator {
             out,
             "message_delta",
             &json!({"type": "message_delta",
-                "delta": {"stop_reason": stop, "stop_sequence": null},
-                "usage": {
-                    "input_tokens": self.usage.input_tokens,
-                    "output_tokens": self.usage.output_tokens,
-                    "cache_creation_input_tokens": self.usage.cache_creation_input_tokens,
-                    "cache_read_input_tokens": self.usage.cache_read_input_tokens,
-                }}),
+            "delta": {"stop_reason": stop, "stop_sequence": null},
+            "usage": {
+                "input_tokens": self.usage.input_tokens,
+                "output_tokens": self.usage.output_tokens,
+                "cache_creation_input_tokens": self.usage.cache_creation_input_tokens,
+                "cache_read_input_tokens": self.usage.cache_read_input_tokens,
+            }}),
         );
         write_event(out, "message_stop", &json!({"type": "message_stop"}));
         self.done = true;

@@ -144,10 +144,17 @@ impl Recorded {
 }
 
 pub enum Reply {
-    Json { status: u16, body: String, headers: Vec<(String, String)> },
+    Json {
+        status: u16,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
     /// Chunked `text/event-stream`: each piece is written (and flushed) as it
     /// comes, `delay` apart; the stream then ends properly.
-    Sse { pieces: Vec<String>, delay: Duration },
+    Sse {
+        pieces: Vec<String>,
+        delay: Duration,
+    },
     /// As `Sse`, but the connection is dropped after the pieces, without
     /// the terminating chunk.
     SseThenClose { pieces: Vec<String> },
@@ -165,7 +172,9 @@ pub struct MockUpstream {
 }
 
 impl MockUpstream {
-    pub async fn start(script: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> MockUpstream {
+    pub async fn start(
+        script: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> MockUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -174,7 +183,9 @@ impl MockUpstream {
         let (reqs, conns) = (requests.clone(), connections.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let n = conns.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(serve(stream, n, script.clone(), reqs.clone()));
             }
@@ -192,7 +203,10 @@ impl MockUpstream {
     }
 
     pub fn last(&self) -> Recorded {
-        self.requests().last().cloned().expect("the mock received a request")
+        self.requests()
+            .last()
+            .cloned()
+            .expect("the mock received a request")
     }
 }
 
@@ -202,7 +216,12 @@ impl Drop for MockUpstream {
     }
 }
 
-async fn serve(stream: TcpStream, connection: usize, script: Script, log: Arc<Mutex<Vec<Recorded>>>) {
+async fn serve(
+    stream: TcpStream,
+    connection: usize,
+    script: Script,
+    log: Arc<Mutex<Vec<Recorded>>>,
+) {
     stream.set_nodelay(true).unwrap();
     let mut reader = BufReader::new(stream);
     loop {
@@ -246,7 +265,11 @@ async fn serve(stream: TcpStream, connection: usize, script: Script, log: Arc<Mu
         log.lock().unwrap().push(rec.clone());
         let stream = reader.get_mut();
         match script(&rec) {
-            Reply::Json { status, body, headers } => {
+            Reply::Json {
+                status,
+                body,
+                headers,
+            } => {
                 let mut head = format!(
                     "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
                     body.len()
@@ -278,7 +301,11 @@ async fn serve(stream: TcpStream, connection: usize, script: Script, log: Arc<Mu
     }
 }
 
-async fn write_sse(stream: &mut TcpStream, pieces: &[String], delay: Duration) -> std::io::Result<()> {
+async fn write_sse(
+    stream: &mut TcpStream,
+    pieces: &[String],
+    delay: Duration,
+) -> std::io::Result<()> {
     stream
         .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
         .await?;
@@ -348,7 +375,10 @@ pub fn tool_stream(text: &str, calls: &[(&str, &str, &str)], split: usize) -> Ve
         ));
         for piece in args.as_bytes().chunks(split) {
             let piece = std::str::from_utf8(piece).unwrap();
-            out.push(chunk(json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}), None));
+            out.push(chunk(
+                json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+                None,
+            ));
         }
     }
     out.push(chunk(json!({}), Some("tool_calls")));

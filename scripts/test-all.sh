@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test, installing what the tests need first:
+#   cmake (Pingora's build), wrk is not needed here;
+#   the Anthropic Python SDK (pip), the Claude Code CLI (npm, into target/claude-code).
+# Then: formatting, clippy, and all test targets (unit, integration, benches in test mode).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v cmake >/dev/null; then
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq cmake
+fi
+if ! python3 -c "import anthropic" 2>/dev/null; then
+  python3 -m pip install --quiet anthropic
+fi
+CLAUDE_CODE_VERSION=2.1.197   # the version the fixtures were captured from
+if ! target/claude-code/node_modules/.bin/claude --version 2>/dev/null | grep -q "$CLAUDE_CODE_VERSION"; then
+  mkdir -p target/claude-code
+  npm install --prefix target/claude-code --no-fund --no-audit --loglevel=error \
+    "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
+fi
+
+cargo fmt --check
+cargo clippy --release --all-targets --quiet -- -D warnings
+cargo test --release --all-targets
