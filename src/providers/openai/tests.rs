@@ -496,10 +496,7 @@ type Events = Vec<(String, Value)>;
 
 /// Run a whole upstream stream through the translator, split into pieces
 /// of `step` bytes, and return the Anthropic events as (name, data).
-fn run_stream(
-    stream: &str,
-    step: usize,
-) -> Result<Events, (Events, String)> {
+fn run_stream(stream: &str, step: usize) -> Result<Events, (Events, String)> {
     let mut t = StreamTranslator::new("claude-test");
     let mut out = BytesMut::new();
     let mut result = Ok(());
@@ -705,4 +702,43 @@ fn malformed_early_ended_and_error_streams_fail_cleanly() {
     // A finish reason without [DONE] still completes the message.
     let events = run_stream(&format!("data: {}\n\n", finish("stop")), 4096).unwrap();
     assert_eq!(names(&events).last(), Some(&"message_stop"));
+}
+
+/// No input makes the translation panic: every truncation of a real
+/// request, and the request with bytes replaced, either parses and
+/// translates or is refused with an error.
+#[test]
+fn mangled_requests_never_panic() {
+    let body = crate::test_support::fixture("02");
+    let opts = OpenAiOptions::default();
+    let try_one = |bytes: &[u8]| {
+        if let Ok(req) = parse_messages_request(bytes) {
+            let chat = to_chat_request(&req, "m", &opts);
+            if let Ok(chat) = chat {
+                serde_json::to_vec(&chat).unwrap();
+            }
+        }
+    };
+    for cut in (0..body.len()).step_by(97) {
+        try_one(&body[..cut]);
+    }
+    let mut seed: u64 = 0x5eed;
+    for _ in 0..2000 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut mangled = body.clone();
+        let pos = (seed >> 33) as usize % mangled.len();
+        mangled[pos] = b"{}[]\",:0an\\"[(seed >> 20) as usize % 11];
+        try_one(&mangled);
+    }
+    // Streams too: any byte soup ends in events or an error, never a panic.
+    for cut in (0..400).step_by(13) {
+        let stream = sse(&[chunk(json!({"content": "hello"})), finish("stop")]);
+        let bytes = &stream.as_bytes()[..cut.min(stream.len())];
+        let mut t = StreamTranslator::new("m");
+        let mut out = BytesMut::new();
+        let _ = t.feed(bytes, &mut out);
+        let _ = t.end_of_input(&mut out);
+    }
 }
