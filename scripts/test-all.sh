@@ -24,4 +24,10 @@ fi
 
 cargo fmt --check
 cargo clippy --release --all-targets --quiet -- -D warnings
-cargo test --release --all-targets
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release --all-targets 2>&1 | tee "$log"
+# One closing line over all test binaries (cargo prints one per binary,
+# the last of which, the example's, runs none).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "lynkr: %d passed, %d failed\n", p, f }' "$log"

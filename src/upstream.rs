@@ -7,7 +7,7 @@
 
 use crate::config::TimeoutsConfig;
 use crate::protocol::error::{ApiError, ErrorKind};
-use crate::providers::{Endpoint, Provider};
+use crate::providers::Provider;
 use bytes::Bytes;
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
@@ -65,7 +65,7 @@ impl UpstreamClient {
         stream: bool,
         request_id: &str,
     ) -> Result<Exchange, ApiError> {
-        let peer = self.peer(&provider.endpoint).await?;
+        let peer = self.peer(provider).await?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -100,7 +100,8 @@ impl UpstreamClient {
         }
     }
 
-    async fn peer(&self, ep: &Endpoint) -> Result<HttpPeer, ApiError> {
+    async fn peer(&self, provider: &Provider) -> Result<HttpPeer, ApiError> {
+        let ep = &provider.endpoint;
         let addr = self.resolve(&ep.host, ep.port).await?;
         let mut peer = HttpPeer::new(addr, ep.tls, ep.host.clone());
         let o = &mut peer.options;
@@ -110,6 +111,7 @@ impl UpstreamClient {
         o.write_timeout = Some(self.write);
         o.idle_timeout = Some(self.pool_idle);
         o.alpn = ALPN::H1;
+        o.ca = provider.ca.clone();
         Ok(peer)
     }
 

@@ -112,6 +112,7 @@ fn legacy_provider(name: &str, get: &dyn Fn(&str) -> Option<String>) -> Option<P
         reasoning: None,
         max_output_tokens: None,
         headers: BTreeMap::new(),
+        tls_ca_file: None,
     };
     Some(match name {
         "openai" => provider(

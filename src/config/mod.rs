@@ -215,6 +215,10 @@ pub struct ProviderConfig {
     /// Extra request headers (OpenRouter attribution, gateways' own headers).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// PEM file of CA certificates trusted for this provider instead of the
+    /// system roots (private CAs, corporate proxies).
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
 }
 
 fn default_kind() -> ProviderKind {

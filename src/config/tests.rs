@@ -35,6 +35,7 @@ fn every_problem_is_reported_with_its_path() {
     let errs = load_text(
         "server: {listen: ['nonsense'], threads: 0}\n\
          providers:\n  openai: {preset: openai, base_url: 'not a url'}\n  az: {preset: azure, base_url: 'https://x', api_key_env: MISSING_KEY}\n\
+         \x20 local: {base_url: 'http://127.0.0.1:1', model: m, tls_ca_file: /nonexistent/ca.pem}\n\
          models:\n  default: nope\n  routes: [{match: 'claude-*', target: 'openai'}]\n",
         &[],
     )
@@ -48,6 +49,7 @@ fn every_problem_is_reported_with_its_path() {
         "providers.az.deployment: required for Azure",
         "models.default: unknown provider \"nope\"",
         "models.routes.0.target: no model given",
+        "providers.local.tls_ca_file: cannot read /nonexistent/ca.pem",
     ] {
         assert!(
             errs.iter().any(|e| e.starts_with(expected)),

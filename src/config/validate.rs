@@ -118,6 +118,11 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
                 "required for Azure (or set model)",
             ));
         }
+        if let Some(file) = &prov.tls_ca_file {
+            if let Err(e) = crate::providers::load_ca_file(file) {
+                p.push(Problem::new(format!("{path}.tls_ca_file"), e));
+            }
+        }
         if prov.max_output_tokens == Some(0) {
             p.push(Problem::new(
                 format!("{path}.max_output_tokens"),

@@ -6,6 +6,9 @@ pub mod openai;
 
 use crate::config::{Preset, ProviderConfig, ProviderKind};
 use openai::OpenAiOptions;
+use pingora_core::protocols::tls::CaType;
+use pingora_core::utils::tls::{parse_x509, WrappedX509};
+use std::sync::Arc;
 
 /// A provider ready to serve: URL split for the connector, credentials
 /// read from the environment at startup.
@@ -19,6 +22,8 @@ pub struct Provider {
     pub extra_headers: Vec<(String, String)>,
     pub default_model: Option<String>,
     pub openai: OpenAiOptions,
+    /// CA certificates from `tls_ca_file`; `None` trusts the system roots.
+    pub ca: Option<Arc<CaType>>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -79,8 +84,25 @@ impl Provider {
                 reasoning: cfg.reasoning.unwrap_or(cfg.preset.default_reasoning()),
                 max_output_tokens: cfg.max_output_tokens,
             },
+            ca: cfg.tls_ca_file.as_deref().map(load_ca_file).transpose()?,
         })
     }
+}
+
+/// The certificates of a PEM file, as Pingora's per-peer CA list.
+pub fn load_ca_file(path: &str) -> Result<Arc<CaType>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{path}: not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{path}: no certificate in the file"));
+    }
+    Ok(certs
+        .into_iter()
+        .map(|der| WrappedX509::new(der.to_vec(), parse_x509))
+        .collect::<Vec<_>>()
+        .into())
 }
 
 /// The chat completions URL: a base URL gets `/chat/completions` appended

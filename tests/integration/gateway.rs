@@ -580,3 +580,43 @@ fn check_config_reports_every_problem_with_its_path() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("MODEL_PROVIDER: unknown provider"));
 }
+
+#[tokio::test]
+async fn tls_upstream_with_a_private_ca() {
+    let dir = scratch_dir("tls");
+    let (ca, server_tls) = test_pki(&dir);
+    let mock = MockUpstream::start_tls(
+        |_| Reply::Sse {
+            pieces: text_stream(&["secure"]),
+            delay: Duration::ZERO,
+        },
+        server_tls,
+    )
+    .await;
+    let port = mock.addr.port();
+    let provider = |ca_line: &str| {
+        format!(
+            "providers:\n  tls:\n    base_url: https://127.0.0.1:{port}/v1\n    model: m\n{ca_line}models:\n  default: tls\n"
+        )
+    };
+    let gw = Gateway::start(
+        &provider(&format!("    tls_ca_file: {}\n", ca.display())),
+        &[],
+    );
+    let events = sse_events(&post(&gw, &simple_request(true)).await.text().await.unwrap());
+    assert_eq!(
+        events.last().unwrap().0,
+        "message_stop",
+        "{events:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(events[2].1["delta"]["text"], "secure");
+    assert_eq!(mock.requests().len(), 1);
+
+    // Without the CA the certificate is not trusted: nothing is sent.
+    let gw = Gateway::start(&provider(""), &[]);
+    let (status, kind, message) = error_of(post(&gw, &simple_request(true)).await).await;
+    assert_eq!((status, kind.as_str()), (502, "api_error"));
+    assert!(message.contains("upstream connect error"), "{message}");
+    assert_eq!(mock.requests().len(), 1);
+}

@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 
 // ---- the gateway ---------------------------------------------------------------
 
@@ -175,6 +175,21 @@ impl MockUpstream {
     pub async fn start(
         script: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
     ) -> MockUpstream {
+        Self::start_inner(script, None).await
+    }
+
+    /// The same mock behind TLS, with the given server configuration.
+    pub async fn start_tls(
+        script: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+        tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    ) -> MockUpstream {
+        Self::start_inner(script, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_inner(
+        script: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> MockUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -186,8 +201,23 @@ impl MockUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                stream.set_nodelay(true).unwrap();
                 let n = conns.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, n, script.clone(), reqs.clone()));
+                let (script, reqs) = (script.clone(), reqs.clone());
+                match &tls {
+                    None => {
+                        tokio::spawn(serve(stream, n, script, reqs));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            // A failed handshake (an untrusted client) just closes.
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                serve(s, n, script, reqs).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         MockUpstream {
@@ -216,13 +246,12 @@ impl Drop for MockUpstream {
     }
 }
 
-async fn serve(
-    stream: TcpStream,
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     connection: usize,
     script: Script,
     log: Arc<Mutex<Vec<Recorded>>>,
 ) {
-    stream.set_nodelay(true).unwrap();
     let mut reader = BufReader::new(stream);
     loop {
         let mut request_line = String::new();
@@ -301,8 +330,8 @@ async fn serve(
     }
 }
 
-async fn write_sse(
-    stream: &mut TcpStream,
+async fn write_sse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     pieces: &[String],
     delay: Duration,
 ) -> std::io::Result<()> {
@@ -427,4 +456,95 @@ pub fn repo_root() -> PathBuf {
 
 pub fn fixture_body(prefix: &str) -> Vec<u8> {
     lynkr::test_support::fixture(prefix)
+}
+
+// ---- TLS -----------------------------------------------------------------------------
+
+/// A throwaway CA and a server certificate for 127.0.0.1 signed by it, made
+/// with the `openssl` command. Returns (CA PEM path, server TLS config).
+pub fn test_pki(dir: &std::path::Path) -> (PathBuf, Arc<tokio_rustls::rustls::ServerConfig>) {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=lynkr test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    let certs = rustls_pemfile_certs(&dir.join("server.pem"));
+    let key_pem = std::fs::read(dir.join("server.key")).unwrap();
+    let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem)
+        .expect("server key");
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    (dir.join("ca.pem"), Arc::new(config))
+}
+
+fn rustls_pemfile_certs(
+    path: &std::path::Path,
+) -> Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    tokio_rustls::rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect()
 }
