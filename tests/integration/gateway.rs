@@ -520,65 +520,55 @@ async fn original_lynkr_environment_alone_serves_requests() {
     assert_eq!(up.path, "/v1/chat/completions");
 }
 
+/// Run the built binary to completion: (exit code, stdout, stderr).
+fn lynkr(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lynkr"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("PORT", free_port().to_string())
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
 #[test]
 fn check_config_reports_every_problem_with_its_path() {
     let dir = scratch_dir("check");
     let bad = dir.join("bad.yaml");
-    std::fs::write(
-        &bad,
-        "providers:\n  openai: {preset: openai, base_url: 'nope'}\nmodels: {default: ghost}\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lynkr"))
-        .args(["check-config", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("providers.openai.base_url: not a URL"),
-        "{text}"
-    );
-    assert!(
-        text.contains("providers.openai.api_key_env: required"),
-        "{text}"
-    );
-    assert!(
-        text.contains("models.default: unknown provider \"ghost\""),
-        "{text}"
-    );
+    let bad_yaml =
+        "providers:\n  openai: {preset: openai, base_url: 'nope'}\nmodels: {default: ghost}\n";
+    std::fs::write(&bad, bad_yaml).unwrap();
+    let bad = bad.to_str().unwrap();
+    let (code, text, _) = lynkr(&["check-config", bad], &[]);
+    assert_eq!(code, Some(1));
+    for expected in [
+        "providers.openai.base_url: not a URL",
+        "providers.openai.api_key_env: required",
+        "models.default: unknown provider \"ghost\"",
+    ] {
+        assert!(text.contains(expected), "{expected} not in {text}");
+    }
 
     let good = dir.join("good.yaml");
-    std::fs::write(
-        &good,
-        "providers:\n  l: {base_url: 'http://127.0.0.1:1/v1', model: m}\nmodels: {default: l}\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lynkr"))
-        .args(["check-config", good.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let good_yaml =
+        "providers:\n  l: {base_url: 'http://127.0.0.1:1/v1', model: m}\nmodels: {default: l}\n";
+    std::fs::write(&good, good_yaml).unwrap();
+    let good = good.to_str().unwrap();
+    let (code, text, _) = lynkr(&["check-config", good], &[]);
+    assert_eq!(code, Some(0), "{text}");
+    // Pingora's -t loads everything and exits.
+    let (code, _, log) = lynkr(&["-t", "-c", good], &[]);
+    assert_eq!(code, Some(0), "{log}");
 
-    // The server itself refuses a bad configuration.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lynkr"))
-        .args(["-c", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("providers.openai.base_url"));
+    // The server itself refuses a bad configuration...
+    let (code, _, err) = lynkr(&["-c", bad], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("providers.openai.base_url"), "{err}");
     // ...and an unknown MODEL_PROVIDER.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lynkr"))
-        .env("MODEL_PROVIDER", "nonsense")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("MODEL_PROVIDER: unknown provider"));
+    let (code, _, err) = lynkr(&[], &[("MODEL_PROVIDER", "nonsense")]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("MODEL_PROVIDER: unknown provider"), "{err}");
 }
 
 #[tokio::test]
