@@ -7,7 +7,7 @@
 
 use crate::config::TimeoutsConfig;
 use crate::protocol::error::{ApiError, ErrorKind};
-use crate::providers::Provider;
+use crate::providers::{Endpoint, Provider};
 use bytes::Bytes;
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
@@ -57,15 +57,17 @@ impl UpstreamClient {
         }
     }
 
-    /// POST `body` to the provider and wait for the response header.
+    /// POST `body` to the provider's `endpoint` and wait for the response header.
     pub async fn send(
         &self,
         provider: &Provider,
+        endpoint: &Endpoint,
+        headers: &[(&'static str, String)],
         body: Bytes,
         stream: bool,
         request_id: &str,
     ) -> Result<Exchange, ApiError> {
-        let peer = self.peer(provider).await?;
+        let peer = self.peer(provider, endpoint).await?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -74,7 +76,7 @@ impl UpstreamClient {
                 .get_http_session(&peer)
                 .await
                 .map_err(|e| transport_error(&e, &provider.name))?;
-            let header = request_header(provider, body.len(), stream, request_id)?;
+            let header = request_header(provider, endpoint, headers, body.len(), stream, request_id)?;
             session.set_write_timeout(Some(self.write));
             session.set_read_timeout(Some(self.first_byte));
             match exchange(&mut session, header, body.clone()).await {
@@ -100,8 +102,7 @@ impl UpstreamClient {
         }
     }
 
-    async fn peer(&self, provider: &Provider) -> Result<HttpPeer, ApiError> {
-        let ep = &provider.endpoint;
+    async fn peer(&self, provider: &Provider, ep: &Endpoint) -> Result<HttpPeer, ApiError> {
         let addr = self.resolve(&ep.host, ep.port).await?;
         let mut peer = HttpPeer::new(addr, ep.tls, ep.host.clone());
         let o = &mut peer.options;
@@ -219,13 +220,15 @@ async fn exchange(
 
 fn request_header(
     provider: &Provider,
+    endpoint: &Endpoint,
+    headers: &[(&'static str, String)],
     len: usize,
     stream: bool,
     request_id: &str,
 ) -> Result<RequestHeader, ApiError> {
     let build = || -> pingora_error::Result<RequestHeader> {
-        let mut h = RequestHeader::build("POST", provider.endpoint.path.as_bytes(), Some(8))?;
-        h.insert_header("host", provider.endpoint.authority())?;
+        let mut h = RequestHeader::build("POST", endpoint.path.as_bytes(), Some(8))?;
+        h.insert_header("host", endpoint.authority())?;
         h.insert_header("content-type", "application/json")?;
         h.insert_header("content-length", len.to_string())?;
         // No accept-encoding: the body is parsed (SSE) as it arrives.
@@ -240,6 +243,9 @@ fn request_header(
         h.insert_header("user-agent", concat!("lynkr/", env!("CARGO_PKG_VERSION")))?;
         h.insert_header("x-request-id", request_id)?;
         if let Some((name, value)) = &provider.auth {
+            h.insert_header(*name, value.as_str())?;
+        }
+        for (name, value) in headers {
             h.insert_header(*name, value.as_str())?;
         }
         for (name, value) in &provider.extra_headers {

@@ -3,7 +3,7 @@
 //! so its users can start from their existing environment. The README's
 //! table lists each variable and what it sets.
 
-use super::{Config, LogFormat, Preset, Problem, ProviderConfig, ProviderKind};
+use super::{Config, LogFormat, Preset, Problem, ProviderConfig, ProviderKind, Targets};
 use std::collections::BTreeMap;
 
 /// Values of `MODEL_PROVIDER` this build serves.
@@ -14,6 +14,8 @@ pub const LEGACY_PROVIDERS: &[&str] = &[
     "databricks",
     "llamacpp",
     "lmstudio",
+    "azure-anthropic",
+    "ollama",
 ];
 
 pub(super) fn apply(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
@@ -61,7 +63,7 @@ pub(super) fn apply(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -
         }
     }
     if let Some(v) = get("LYNKR_DEFAULT_MODEL") {
-        config.models.default = Some(v);
+        config.models.default = Some(Targets::One(v));
     }
 
     if let Some(name) = get("MODEL_PROVIDER") {
@@ -69,7 +71,7 @@ pub(super) fn apply(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -
         match legacy_provider(&name, &get) {
             Some(provider) => {
                 config.providers.insert(name.clone(), provider);
-                config.models.default = Some(name);
+                config.models.default = Some(Targets::One(name));
             }
             None => problems.push(Problem::new(
                 "MODEL_PROVIDER",
@@ -80,6 +82,7 @@ pub(super) fn apply(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -
             )),
         }
     }
+    apply_hybrid(config, &get, &mut problems);
     problems
 }
 
@@ -110,7 +113,10 @@ fn legacy_provider(name: &str, get: &dyn Fn(&str) -> Option<String>) -> Option<P
         api_version: None,
         max_tokens_field: None,
         reasoning: None,
-        max_output_tokens: None,
+        capabilities: Default::default(),
+        auth_header: None,
+        anthropic_version: None,
+        count_tokens: false,
         headers: BTreeMap::new(),
         tls_ca_file: None,
     };
@@ -185,6 +191,81 @@ fn legacy_provider(name: &str, get: &dyn Fn(&str) -> Option<String>) -> Option<P
             None,
             or("LMSTUDIO_MODEL", "default"),
         ),
+        "azure-anthropic" => {
+            let mut p = provider(
+                Preset::Generic,
+                get("AZURE_ANTHROPIC_ENDPOINT").unwrap_or_default(),
+                Some("AZURE_ANTHROPIC_API_KEY"),
+                String::new(),
+            );
+            p.kind = ProviderKind::Anthropic;
+            // The client's model passes through unless a route names one.
+            p.model = None;
+            p.anthropic_version = get("AZURE_ANTHROPIC_VERSION");
+            p
+        }
+        "ollama" => {
+            let mut p = provider(
+                Preset::Generic,
+                or("OLLAMA_ENDPOINT", "http://localhost:11434"),
+                None,
+                or("OLLAMA_MODEL", "qwen2.5-coder:7b"),
+            );
+            p.kind = ProviderKind::Ollama;
+            p
+        }
         _ => return None,
     })
+}
+
+/// The original Lynkr's hybrid routing: with `PREFER_OLLAMA`, requests with
+/// few tools (`OLLAMA_MAX_TOOLS_FOR_ROUTING`, default 3) go to Ollama; the
+/// rest, and Ollama's failures when `FALLBACK_ENABLED` (default true), go to
+/// `FALLBACK_PROVIDER` (default: `MODEL_PROVIDER` when that is not ollama).
+fn apply_hybrid(config: &mut Config, get: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
+    let truthy = |v: Option<String>, default: bool| {
+        v.map_or(default, |v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+    };
+    if !truthy(get("PREFER_OLLAMA"), false) {
+        return;
+    }
+    let ollama = legacy_provider("ollama", get).expect("ollama is a legacy provider");
+    config.providers.insert("ollama".into(), ollama);
+    let mut max_tools = 3usize;
+    parse_into(get, "OLLAMA_MAX_TOOLS_FOR_ROUTING", &mut max_tools, problems);
+    let fallback = get("FALLBACK_PROVIDER")
+        .map(|f| f.trim().to_ascii_lowercase())
+        .or_else(|| get("MODEL_PROVIDER").map(|m| m.trim().to_ascii_lowercase()))
+        .filter(|f| f != "ollama");
+    let mut targets = vec!["ollama".to_string()];
+    if let Some(name) = fallback {
+        match legacy_provider(&name, get) {
+            Some(p) => {
+                config.providers.insert(name.clone(), p);
+                config.models.default = Some(Targets::One(name.clone()));
+                if truthy(get("FALLBACK_ENABLED"), true) {
+                    targets.push(name);
+                }
+            }
+            None => problems.push(Problem::new(
+                "FALLBACK_PROVIDER",
+                format!("unknown provider {name:?} (this build serves: {})", LEGACY_PROVIDERS.join(", ")),
+            )),
+        }
+    } else if config.models.default.is_none() {
+        config.models.default = Some(Targets::One("ollama".into()));
+    }
+    config.routing.rules.insert(
+        0,
+        super::RuleConfig {
+            name: "hybrid-local".into(),
+            model: None,
+            min_tools: None,
+            max_tools: Some(max_tools),
+            min_tokens: None,
+            max_tokens: None,
+            header: None,
+            targets: Targets::Chain(targets),
+        },
+    );
 }

@@ -4,7 +4,10 @@
 //! documents each one with its default.
 
 mod env;
+mod routing;
 mod validate;
+
+pub use routing::{Balance, LongContextRoute, RoutingConfig, RuleConfig, Targets};
 
 pub use validate::AZURE_DEFAULT_API_VERSION;
 
@@ -26,6 +29,7 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: ModelsConfig,
+    pub routing: RoutingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -140,6 +144,51 @@ impl Default for LoggingConfig {
 pub enum ProviderKind {
     /// OpenAI Chat Completions.
     Openai,
+    /// Anthropic Messages API, passed through (Anthropic, Azure/Foundry,
+    /// Databricks Claude, Ollama >= 0.14 and llama.cpp `/v1/messages`).
+    Anthropic,
+    /// Ollama's native `/api/chat`.
+    Ollama,
+}
+
+/// Header carrying an Anthropic-kind provider's key.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthHeader {
+    /// `x-api-key: KEY` (Anthropic).
+    XApiKey,
+    /// `authorization: Bearer KEY` (Databricks, most gateways).
+    Bearer,
+    /// `api-key: KEY` (Azure).
+    ApiKey,
+}
+
+/// What a provider can serve. A request needing tools, vision or more
+/// context than it has goes to the next target of its route.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapabilitiesConfig {
+    pub tools: bool,
+    pub vision: bool,
+    /// Whether thinking is served; default by kind (anthropic: yes; openai:
+    /// when `reasoning` is not `none`; ollama: no).
+    pub reasoning: Option<bool>,
+    /// Caps the client's `max_tokens` (no cap by default).
+    pub max_output_tokens: Option<u64>,
+    /// Estimated input tokens the model takes (no limit by default).
+    pub context_window: Option<u64>,
+}
+
+impl Default for CapabilitiesConfig {
+    fn default() -> Self {
+        CapabilitiesConfig {
+            tools: true,
+            vision: true,
+            reasoning: None,
+            max_output_tokens: None,
+            context_window: None,
+        }
+    }
 }
 
 /// Presets fill in URL shape, authentication and translation defaults.
@@ -209,9 +258,17 @@ pub struct ProviderConfig {
     /// Default by preset: `openrouter` for OpenRouter, else `none`.
     #[serde(default)]
     pub reasoning: Option<ReasoningStyle>,
-    /// Caps the client's `max_tokens` (no cap by default).
     #[serde(default)]
-    pub max_output_tokens: Option<u64>,
+    pub capabilities: CapabilitiesConfig,
+    /// Anthropic kind: the header carrying the key (default `x-api-key`).
+    #[serde(default)]
+    pub auth_header: Option<AuthHeader>,
+    /// Anthropic kind: `anthropic-version` when the client sends none.
+    #[serde(default)]
+    pub anthropic_version: Option<String>,
+    /// Anthropic kind: forward `count_tokens` (else Lynkr estimates).
+    #[serde(default)]
+    pub count_tokens: bool,
     /// Extra request headers (OpenRouter attribution, gateways' own headers).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -232,8 +289,9 @@ fn default_preset() -> Preset {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelsConfig {
-    /// `provider` or `provider:model` for client models no route matches.
-    pub default: Option<String>,
+    /// `provider` or `provider:model` (or a list: a fallback chain) for
+    /// client models no route matches.
+    pub default: Option<Targets>,
     /// Tried in order; the first whose `match` (a name or `*`/`?` glob) fits wins.
     pub routes: Vec<ModelRoute>,
 }
@@ -243,7 +301,7 @@ pub struct ModelsConfig {
 pub struct ModelRoute {
     #[serde(rename = "match")]
     pub pattern: String,
-    pub target: String,
+    pub target: Targets,
 }
 
 /// A configuration that failed to load: every problem found.

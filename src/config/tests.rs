@@ -27,7 +27,7 @@ fn embedded_default_is_valid_and_matches_the_code_defaults() {
     assert_eq!(c.limits, LimitsConfig::default());
     assert_eq!(c.timeouts, TimeoutsConfig::default());
     assert_eq!(c.logging, LoggingConfig::default());
-    assert_eq!(c.models.default.as_deref(), Some("local"));
+    assert_eq!(c.models.default, Some(Targets::One("local".into())));
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn legacy_environment_serves_openai() {
     ];
     let c = Config::load_with_env(None, &env_of(&env)).unwrap();
     assert_eq!(c.server.listen, ["127.0.0.1:18090"]);
-    assert_eq!(c.models.default.as_deref(), Some("openai"));
+    assert_eq!(c.models.default, Some(Targets::One("openai".into())));
     let p = &c.providers["openai"];
     assert_eq!(p.base_url, "http://127.0.0.1:9000/v1/chat/completions");
     assert_eq!(p.api_key_env.as_deref(), Some("OPENAI_API_KEY"));

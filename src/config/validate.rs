@@ -123,9 +123,9 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
                 p.push(Problem::new(format!("{path}.tls_ca_file"), e));
             }
         }
-        if prov.max_output_tokens == Some(0) {
+        if prov.capabilities.max_output_tokens == Some(0) {
             p.push(Problem::new(
-                format!("{path}.max_output_tokens"),
+                format!("{path}.capabilities.max_output_tokens"),
                 "must be greater than 0",
             ));
         }
@@ -145,24 +145,89 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
             "no route: set models.default or models.routes",
         ));
     }
-    if let Some(target) = &c.models.default {
-        check_target(c, "models.default", target, &mut p);
+    if let Some(targets) = &c.models.default {
+        check_targets(c, "models.default", targets, &mut p);
     }
     for (i, route) in c.models.routes.iter().enumerate() {
-        if route.pattern.trim().is_empty() {
-            p.push(Problem::new(
-                format!("models.routes.{i}.match"),
-                "must not be empty",
-            ));
+        check_pattern(&format!("models.routes.{i}.match"), &route.pattern, &mut p);
+        check_targets(c, &format!("models.routes.{i}.target"), &route.target, &mut p);
+    }
+    let r = &c.routing;
+    for (name, targets) in [
+        ("background", &r.background),
+        ("think", &r.think),
+        ("web_search", &r.web_search),
+    ] {
+        if let Some(t) = targets {
+            check_targets(c, &format!("routing.{name}"), t, &mut p);
         }
-        check_target(
-            c,
-            &format!("models.routes.{i}.target"),
-            &route.target,
-            &mut p,
-        );
+    }
+    if let Some(lc) = &r.long_context {
+        check_targets(c, "routing.long_context.targets", &lc.targets, &mut p);
+        if lc.threshold_tokens == 0 {
+            p.push(Problem::new("routing.long_context.threshold_tokens", "must be greater than 0"));
+        }
+    }
+    for (i, rule) in r.rules.iter().enumerate() {
+        let path = format!("routing.rules.{i}");
+        if let Some(model) = &rule.model {
+            check_pattern(&format!("{path}.model"), model, &mut p);
+        }
+        if rule.name.trim().is_empty() {
+            p.push(Problem::new(format!("{path}.name"), "must not be empty"));
+        }
+        check_targets(c, &format!("{path}.targets"), &rule.targets, &mut p);
     }
     p
+}
+
+/// Claude model names a `claude*` glob is checked against: a glob that
+/// matches none of them is almost surely a typo (`claude-*haku*`).
+pub const KNOWN_CLAUDE_MODELS: &[&str] = &[
+    "claude-3-haiku-20240307",
+    "claude-3-5-haiku-20241022",
+    "claude-3-5-sonnet-20241022",
+    "claude-3-7-sonnet-20250219",
+    "claude-haiku-4-5",
+    "claude-haiku-4-5-20251001",
+    "claude-sonnet-4-20250514",
+    "claude-sonnet-4-5",
+    "claude-sonnet-4-5-20250929",
+    "claude-opus-4-20250514",
+    "claude-opus-4-1-20250805",
+    "claude-opus-4-5",
+    "claude-opus-4-8",
+];
+
+fn check_pattern(path: &str, pattern: &str, p: &mut Vec<Problem>) {
+    if pattern.trim().is_empty() {
+        p.push(Problem::new(path, "must not be empty"));
+    } else if pattern.starts_with("claude")
+        && pattern.contains(['*', '?'])
+        && !KNOWN_CLAUDE_MODELS
+            .iter()
+            .any(|m| crate::routing::glob_match(pattern, m))
+    {
+        p.push(Problem::new(
+            path,
+            format!("the glob {pattern:?} matches no Claude model name"),
+        ));
+    }
+}
+
+fn check_targets(c: &Config, path: &str, targets: &super::Targets, p: &mut Vec<Problem>) {
+    let list = targets.list();
+    if list.is_empty() {
+        p.push(Problem::new(path, "at least one target is required"));
+    }
+    for (i, target) in list.iter().enumerate() {
+        let path = match targets {
+            super::Targets::One(_) => path.to_string(),
+            super::Targets::Chain(_) => format!("{path}.{i}"),
+            super::Targets::Balanced(_) => format!("{path}.targets.{i}"),
+        };
+        check_target(c, &path, target, p);
+    }
 }
 
 fn check_target(c: &Config, path: &str, target: &str, p: &mut Vec<Problem>) {
@@ -172,7 +237,11 @@ fn check_target(c: &Config, path: &str, target: &str, p: &mut Vec<Problem>) {
     };
     match c.providers.get(provider) {
         None => p.push(Problem::new(path, format!("unknown provider {provider:?}"))),
-        Some(prov) if model.is_none_or(str::is_empty) && prov.model.is_none() => {
+        Some(prov)
+            if model.is_none_or(str::is_empty)
+                && prov.model.is_none()
+                && prov.kind != super::ProviderKind::Anthropic =>
+        {
             p.push(Problem::new(
                 path,
                 format!("no model given and provider {provider:?} has no default model"),

@@ -1,93 +1,132 @@
 //! `POST /v1/messages`: read and validate the body, route it, translate it,
-//! exchange it with the provider, and translate the answer back (JSON, or
-//! SSE event by event as the upstream chunks arrive).
+//! exchange it with the provider (walking the route's fallback chain until
+//! one answers, always before the first byte reaches the client), and
+//! translate the answer back: JSON, or SSE event by event as it arrives.
 
 use super::{respond, Gateway, RequestCtx};
 use crate::protocol::error::ApiError;
 use crate::protocol::sse::message_events;
 use crate::protocol::validate::parse_messages_request;
-use crate::providers::openai::request::to_chat_request;
-use crate::providers::openai::response::to_message;
-use crate::providers::openai::stream::{Progress, StreamTranslator};
+use crate::providers::{Progress, Provider};
+use crate::routing::{needs, Features};
 use crate::upstream::Exchange;
 use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::time::Duration;
 
-/// After `[DONE]`, how long to wait for the rest of the upstream body so the
-/// connection can go back to the pool.
+/// After the end of a stream, how long to wait for the rest of the
+/// upstream body so the connection can go back to the pool.
 const DRAIN_AFTER_DONE: Duration = Duration::from_secs(1);
 
-pub async fn handle(
-    gw: &Gateway,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-) -> Result<(), ApiError> {
+/// Failures that move on to the route's next target: nothing was
+/// answered yet, and another provider may well succeed.
+fn falls_back(e: &ApiError) -> bool {
+    e.status == 429 || e.status >= 500
+}
+
+pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
     let body = read_body(session, gw.limits.max_body_bytes).await?;
     let req = parse_messages_request(&body)?;
-    drop(body);
     ctx.model = Some(req.model.clone());
     ctx.stream = req.is_stream();
-    let target = gw
+    let client_headers = session.req_header().headers.clone();
+    let features = Features::of(&req, body.len(), &client_headers);
+    let decision = gw
         .router
-        .resolve(&req.model)
+        .decide(&features)
         .ok_or_else(|| ApiError::not_found(format!("model: no route for {:?}", req.model)))?;
-    let provider = &target.provider;
-    ctx.route = Some(format!("{}/{}", provider.name, target.model));
+    let needs = needs(&req, &features);
 
-    let chat = to_chat_request(&req, &target.model, &provider.openai)?;
-    let upstream_body = serde_json::to_vec(&chat)
-        .map_err(|e| ApiError::api(format!("cannot encode the upstream request: {e}")))?;
-    drop(chat);
-
-    let mut ex = gw
-        .upstream
-        .send(
-            provider,
-            Bytes::from(upstream_body),
-            ctx.stream,
-            &ctx.request_id,
-        )
-        .await?;
-    ctx.first_byte_ms = Some(ctx.started.elapsed().as_millis() as u64);
-    if !(200..300).contains(&ex.status) {
-        let (err, ex) = ex.into_error(&provider.name).await;
-        gw.upstream.finish(ex).await;
-        return Err(err);
-    }
-    let is_sse = ex
-        .header("content-type")
-        .is_some_and(|c| c.contains("text/event-stream"));
-    if ctx.stream && is_sse {
-        return stream(gw, session, ctx, ex, &req.model, &provider.name).await;
-    }
-
-    // A whole JSON completion (also when a server ignored `stream: true`).
-    let body = match ex
-        .read_all(&provider.name, gw.limits.max_response_bytes)
-        .await
-    {
-        Ok(b) => b,
-        Err(e) => {
-            ex.abort().await;
-            return Err(e);
+    let mut last_error: Option<ApiError> = None;
+    let mut skipped = Vec::new();
+    for target in &decision.targets {
+        let provider = &target.provider;
+        let model = target.model_for(&req.model);
+        if let Some(missing) = provider.capabilities.lacks(&needs) {
+            skipped.push(format!("{} lacks {missing}", provider.name));
+            continue;
         }
-    };
-    gw.upstream.finish(ex).await;
-    let message = to_message(&body, &req.model)?;
-    ctx.input_tokens = message.usage.input_tokens + message.usage.cache_read_input_tokens;
-    ctx.output_tokens = message.usage.output_tokens;
-    if ctx.stream {
-        let events = message_events(&message);
-        write_sse_header(session, ctx).await.map_err(client_gone)?;
-        let _ = session
-            .write_response_body(Some(events.freeze()), true)
+        ctx.route = Some(format!("{}/{}/{model}", decision.route, provider.name));
+        ctx.attempts += 1;
+        let prepared = provider.prepare(&req, &body, model, &client_headers)?;
+        let sent = gw
+            .upstream
+            .send(provider, &provider.endpoint, &prepared.headers, prepared.body, ctx.stream, &ctx.request_id)
             .await;
-        return Ok(());
+        let mut ex = match sent {
+            Ok(ex) if (200..300).contains(&ex.status) => ex,
+            Ok(ex) => {
+                let (err, ex) = ex.into_error(&provider.name).await;
+                gw.upstream.finish(ex).await;
+                if falls_back(&err) {
+                    tracing::warn!(request_id = %ctx.request_id, route = ctx.route.as_deref(), error = %err, "target failed, trying the next");
+                    last_error = Some(err);
+                    continue;
+                }
+                return Err(err);
+            }
+            Err(err) if falls_back(&err) => {
+                tracing::warn!(request_id = %ctx.request_id, route = ctx.route.as_deref(), error = %err, "target failed, trying the next");
+                last_error = Some(err);
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        ctx.first_byte_ms = Some(ctx.started.elapsed().as_millis() as u64);
+        let streamed = ex
+            .header("content-type")
+            .is_some_and(|c| provider.is_stream_response(c));
+        if ctx.stream && streamed {
+            return stream(gw, session, ctx, ex, &req.model, provider).await;
+        }
+        let reply = match ex.read_all(&provider.name, gw.limits.max_response_bytes).await {
+            Ok(b) => b,
+            Err(e) => {
+                ex.abort().await;
+                return Err(e);
+            }
+        };
+        gw.upstream.finish(ex).await;
+        return json_reply(session, ctx, provider, &reply, &req.model).await;
     }
-    let json = serde_json::to_vec(&message).map_err(|e| ApiError::api(e.to_string()))?;
-    respond::json(session, ctx, 200, json).await;
+    Err(last_error.unwrap_or_else(|| {
+        ApiError::invalid(format!(
+            "no target of route {:?} can serve this request: {}",
+            decision.route,
+            skipped.join("; ")
+        ))
+    }))
+}
+
+/// A whole upstream response, as JSON, or as an event sequence when the
+/// client asked for a stream and the upstream answered in one piece.
+async fn json_reply(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    provider: &Provider,
+    body: &[u8],
+    client_model: &str,
+) -> Result<(), ApiError> {
+    let reply = provider.translate_json(body, client_model)?;
+    ctx.input_tokens = reply.usage.input_tokens + reply.usage.cache_read_input_tokens;
+    ctx.output_tokens = reply.usage.output_tokens;
+    match (reply.message, reply.passthrough) {
+        (Some(message), _) if ctx.stream => {
+            let events = message_events(&message);
+            write_sse_header(session, ctx).await.map_err(client_gone)?;
+            let _ = session.write_response_body(Some(events.freeze()), true).await;
+        }
+        (Some(message), _) => {
+            let json = serde_json::to_vec(&message).map_err(|e| ApiError::api(e.to_string()))?;
+            respond::json(session, ctx, 200, json).await;
+        }
+        (None, Some(raw)) => {
+            let content_type = if ctx.stream { "text/event-stream" } else { "application/json" };
+            respond::send(session, ctx, 200, content_type, raw, None).await;
+        }
+        (None, None) => unreachable!("a reply is a message or passthrough bytes"),
+    }
     Ok(())
 }
 
@@ -98,9 +137,10 @@ async fn stream(
     ctx: &mut RequestCtx,
     mut ex: Exchange,
     model: &str,
-    provider: &str,
+    provider: &Provider,
 ) -> Result<(), ApiError> {
-    let mut translator = StreamTranslator::new(model);
+    let mut translator = provider.stream_translator(model);
+    let provider = provider.name.as_str();
     let mut out = BytesMut::with_capacity(4096);
     let mut header_sent = false;
     loop {

@@ -49,8 +49,10 @@ pub struct RequestCtx {
     pub request_id: String,
     pub started: Instant,
     pub status: u16,
-    /// `provider/model` the request went to.
+    /// `route/provider/model` the request went to (the last target tried).
     pub route: Option<String>,
+    /// Targets tried (1 unless the route fell back).
+    pub attempts: u32,
     pub model: Option<String>,
     pub stream: bool,
     pub input_tokens: u64,
@@ -69,6 +71,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             status: 0,
             route: None,
+            attempts: 0,
             model: None,
             stream: false,
             input_tokens: 0,
@@ -137,6 +140,7 @@ impl ProxyHttp for Gateway {
             status = ctx.status,
             model = ctx.model.as_deref().unwrap_or(""),
             route = ctx.route.as_deref().unwrap_or(""),
+            attempts = ctx.attempts,
             stream = ctx.stream,
             input_tokens = ctx.input_tokens,
             output_tokens = ctx.output_tokens,

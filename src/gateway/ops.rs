@@ -5,6 +5,8 @@ use super::{respond, Gateway, RequestCtx};
 use crate::protocol::anthropic::{ContentBlock, CountTokensRequest, TextOrBlocks, ToolResultBlock};
 use crate::protocol::error::ApiError;
 use crate::protocol::validate::parse_count_tokens_request;
+use crate::providers::anthropic;
+use crate::routing::Features;
 use pingora_proxy::Session;
 use serde_json::json;
 
@@ -40,6 +42,8 @@ pub async fn models(
     Ok(())
 }
 
+/// Forwarded to the routed provider when it counts tokens itself
+/// (Anthropic kind with `count_tokens: true`), else estimated here.
 pub async fn count_tokens(
     gw: &Gateway,
     session: &mut Session,
@@ -48,6 +52,35 @@ pub async fn count_tokens(
     let body = read_body(session, gw.limits.max_body_bytes).await?;
     let req = parse_count_tokens_request(&body)?;
     ctx.model = Some(req.model.clone());
+    let headers = session.req_header().headers.clone();
+    let tools = req.tools.as_ref().map_or(0, Vec::len);
+    let features = Features::basic(&req.model, tools, body.len(), &headers);
+    let target = gw.router.decide(&features).and_then(|d| {
+        let route = d.route;
+        d.targets.into_iter().next().map(|t| (route, t))
+    });
+    if let Some((route, target)) = target {
+        if let Some(endpoint) = &target.provider.count_tokens_endpoint {
+            let provider = &target.provider;
+            let model = target.model_for(&req.model);
+            ctx.route = Some(format!("{route}/{}/{model}", provider.name));
+            let upstream_body = anthropic::rewrite_body(&body, model, None)?;
+            let fwd = anthropic::forward_headers(&headers, &provider.anthropic_version);
+            let mut ex = gw
+                .upstream
+                .send(provider, endpoint, &fwd, upstream_body, false, &ctx.request_id)
+                .await?;
+            if !(200..300).contains(&ex.status) {
+                let (err, ex) = ex.into_error(&provider.name).await;
+                gw.upstream.finish(ex).await;
+                return Err(err);
+            }
+            let reply = ex.read_all(&provider.name, gw.limits.max_response_bytes).await;
+            gw.upstream.finish(ex).await;
+            respond::json(session, ctx, 200, reply?).await;
+            return Ok(());
+        }
+    }
     let body = json!({"input_tokens": estimate_tokens(&req)});
     respond::json(session, ctx, 200, body.to_string().into_bytes()).await;
     Ok(())

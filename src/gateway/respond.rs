@@ -21,7 +21,7 @@ pub async fn send(
         let mut h = ResponseHeader::build(status, Some(4))?;
         h.insert_header("content-type", content_type)?;
         h.insert_header("content-length", body.len().to_string())?;
-        h.insert_header("x-request-id", ctx.request_id.as_str())?;
+        common_headers(&mut h, ctx)?;
         if let Some(secs) = retry_after {
             h.insert_header("retry-after", secs.to_string())?;
         }
@@ -39,6 +39,16 @@ pub async fn send(
     if !is_head {
         let _ = session.write_response_body(Some(body), true).await;
     }
+}
+
+/// `x-request-id` on every response; `x-lynkr-route` (route/provider/model)
+/// once a request was routed.
+pub fn common_headers(h: &mut ResponseHeader, ctx: &RequestCtx) -> pingora_error::Result<()> {
+    h.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if let Some(route) = &ctx.route {
+        h.insert_header("x-lynkr-route", route.as_str())?;
+    }
+    Ok(())
 }
 
 pub async fn json(session: &mut Session, ctx: &mut RequestCtx, status: u16, body: Vec<u8>) {

@@ -1,10 +1,16 @@
 //! Providers: where a request goes and how it is spoken there.
 //! One folder per wire format; this file holds what all of them share:
-//! the resolved endpoint and the credentials.
+//! the resolved endpoint, the credentials, the capabilities, and the
+//! dispatch from a provider's kind to its translation.
 
+pub mod anthropic;
+pub mod ollama;
 pub mod openai;
 
-use crate::config::{Preset, ProviderConfig, ProviderKind};
+use crate::config::{AuthHeader, Preset, ProviderConfig, ProviderKind};
+use crate::protocol::anthropic::{MessagesRequest, Usage};
+use crate::protocol::error::ApiError;
+use bytes::{Bytes, BytesMut};
 use openai::OpenAiOptions;
 use pingora_core::protocols::tls::CaType;
 use pingora_core::utils::tls::{parse_x509, WrappedX509};
@@ -16,14 +22,57 @@ use std::sync::Arc;
 pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
+    /// Chat completions, messages, or `/api/chat`, by kind.
     pub endpoint: Endpoint,
-    /// Header carrying the key: `authorization: Bearer ...` or Azure's `api-key`.
+    /// Anthropic kind with `count_tokens: true`.
+    pub count_tokens_endpoint: Option<Endpoint>,
+    /// The header carrying the key and its value.
     pub auth: Option<(&'static str, String)>,
     pub extra_headers: Vec<(String, String)>,
     pub default_model: Option<String>,
+    pub capabilities: Capabilities,
     pub openai: OpenAiOptions,
+    pub anthropic_version: String,
     /// CA certificates from `tls_ca_file`; `None` trusts the system roots.
     pub ca: Option<Arc<CaType>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub tools: bool,
+    pub vision: bool,
+    pub reasoning: bool,
+    pub max_output_tokens: Option<u64>,
+    pub context_window: Option<u64>,
+}
+
+/// What a request needs of the provider that serves it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub tools: bool,
+    pub vision: bool,
+    pub reasoning: bool,
+    pub estimated_tokens: u64,
+}
+
+impl Capabilities {
+    /// The first hard requirement this provider cannot meet. Reasoning is
+    /// soft: a provider without it serves the request without thinking.
+    pub fn lacks(&self, needs: &Needs) -> Option<String> {
+        if needs.tools && !self.tools {
+            return Some("tools".into());
+        }
+        if needs.vision && !self.vision {
+            return Some("vision".into());
+        }
+        match self.context_window {
+            Some(w) if needs.estimated_tokens > w => Some(format!(
+                "a context window of {} estimated tokens (has {w})",
+                needs.estimated_tokens
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Provider {
@@ -31,6 +80,7 @@ impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Provider")
             .field("name", &self.name)
+            .field("kind", &self.kind)
             .field("endpoint", &self.endpoint)
             .field("auth", &self.auth.as_ref().map(|(h, _)| (h, "<redacted>")))
             .finish()
@@ -56,6 +106,21 @@ impl Endpoint {
             format!("{}:{}", self.host, self.port)
         }
     }
+
+    fn from_url(url: &url::Url) -> Result<Endpoint, String> {
+        let host = url.host_str().ok_or("URL has no host")?;
+        let mut path = url.path().to_string();
+        if let Some(q) = url.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        Ok(Endpoint {
+            tls: url.scheme() == "https",
+            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            port: url.port_or_known_default().ok_or("URL has no port")?,
+            path,
+        })
+    }
 }
 
 impl Provider {
@@ -66,26 +131,195 @@ impl Provider {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Provider, String> {
         let key = cfg.api_key_env.as_deref().and_then(env);
-        let auth = key.map(|k| match cfg.preset {
-            Preset::Azure => ("api-key", k),
-            _ => ("authorization", format!("Bearer {k}")),
+        let auth_header = match (cfg.kind, cfg.auth_header) {
+            (_, Some(h)) => h,
+            (ProviderKind::Openai, None) if cfg.preset == Preset::Azure => AuthHeader::ApiKey,
+            (ProviderKind::Anthropic, None) => AuthHeader::XApiKey,
+            _ => AuthHeader::Bearer,
+        };
+        let auth = key.map(|k| match auth_header {
+            AuthHeader::XApiKey => ("x-api-key", k),
+            AuthHeader::ApiKey => ("api-key", k),
+            AuthHeader::Bearer => ("authorization", format!("Bearer {k}")),
         });
+        let openai = OpenAiOptions {
+            max_tokens_field: cfg
+                .max_tokens_field
+                .unwrap_or(cfg.preset.default_max_tokens_field()),
+            reasoning: cfg.reasoning.unwrap_or(cfg.preset.default_reasoning()),
+            max_output_tokens: cfg.capabilities.max_output_tokens,
+        };
+        let c = &cfg.capabilities;
+        let capabilities = Capabilities {
+            tools: c.tools,
+            vision: c.vision,
+            reasoning: c.reasoning.unwrap_or(match cfg.kind {
+                ProviderKind::Anthropic => true,
+                ProviderKind::Openai => openai.reasoning != openai::ReasoningStyle::None,
+                ProviderKind::Ollama => false,
+            }),
+            max_output_tokens: c.max_output_tokens,
+            context_window: c.context_window,
+        };
+        let (endpoint, count_tokens_endpoint) = match cfg.kind {
+            ProviderKind::Openai => (chat_completions_endpoint(cfg)?, None),
+            ProviderKind::Anthropic => {
+                let (messages, count) = anthropic::endpoints(&cfg.base_url)?;
+                (messages, cfg.count_tokens.then_some(count))
+            }
+            ProviderKind::Ollama => (ollama::endpoint(&cfg.base_url)?, None),
+        };
         Ok(Provider {
             name: name.to_string(),
             kind: cfg.kind,
-            endpoint: chat_completions_endpoint(cfg)?,
+            endpoint,
+            count_tokens_endpoint,
             auth,
             extra_headers: cfg.headers.clone().into_iter().collect(),
             default_model: cfg.model.clone(),
-            openai: OpenAiOptions {
-                max_tokens_field: cfg
-                    .max_tokens_field
-                    .unwrap_or(cfg.preset.default_max_tokens_field()),
-                reasoning: cfg.reasoning.unwrap_or(cfg.preset.default_reasoning()),
-                max_output_tokens: cfg.max_output_tokens,
-            },
+            capabilities,
+            openai,
+            anthropic_version: cfg
+                .anthropic_version
+                .clone()
+                .unwrap_or_else(|| anthropic::DEFAULT_VERSION.to_string()),
             ca: cfg.tls_ca_file.as_deref().map(load_ca_file).transpose()?,
         })
+    }
+
+    /// Translate a client request into this provider's request body and
+    /// the headers it needs beyond the common ones.
+    pub fn prepare(
+        &self,
+        req: &MessagesRequest,
+        raw: &[u8],
+        model: &str,
+        client_headers: &http::HeaderMap,
+    ) -> Result<Prepared, ApiError> {
+        let encode = |r: serde_json::Result<Vec<u8>>| {
+            r.map(Bytes::from)
+                .map_err(|e| ApiError::api(format!("cannot encode the upstream request: {e}")))
+        };
+        let mut opts = self.openai;
+        if !self.capabilities.reasoning {
+            opts.reasoning = openai::ReasoningStyle::None;
+        }
+        Ok(match self.kind {
+            ProviderKind::Openai => {
+                let chat = openai::request::to_chat_request(req, model, &opts)?;
+                Prepared {
+                    body: encode(serde_json::to_vec(&chat))?,
+                    headers: Vec::new(),
+                }
+            }
+            ProviderKind::Anthropic => Prepared {
+                body: anthropic::rewrite_body(raw, model, self.capabilities.max_output_tokens)?,
+                headers: anthropic::forward_headers(client_headers, &self.anthropic_version),
+            },
+            ProviderKind::Ollama => {
+                let chat = ollama::to_ollama_request(req, model, &opts, &self.capabilities)?;
+                Prepared {
+                    body: encode(serde_json::to_vec(&chat))?,
+                    headers: Vec::new(),
+                }
+            }
+        })
+    }
+
+    /// The translator for this provider's streamed response.
+    pub fn stream_translator(&self, client_model: &str) -> Translator {
+        match self.kind {
+            ProviderKind::Openai => {
+                Translator::Openai(openai::stream::StreamTranslator::new(client_model))
+            }
+            ProviderKind::Anthropic => Translator::Anthropic(anthropic::Passthrough::new()),
+            ProviderKind::Ollama => Translator::Ollama(ollama::StreamTranslator::new(client_model)),
+        }
+    }
+
+    /// Whether a 2xx response with this content type is this provider's stream.
+    pub fn is_stream_response(&self, content_type: &str) -> bool {
+        match self.kind {
+            ProviderKind::Ollama => content_type.contains("ndjson"),
+            _ => content_type.contains("text/event-stream"),
+        }
+    }
+
+    /// Translate a whole (non-streaming) response body: the JSON to send
+    /// the client, and the usage for the access log.
+    pub fn translate_json(&self, body: &[u8], client_model: &str) -> Result<JsonReply, ApiError> {
+        match self.kind {
+            ProviderKind::Openai | ProviderKind::Ollama => {
+                let message = match self.kind {
+                    ProviderKind::Openai => openai::response::to_message(body, client_model)?,
+                    _ => ollama::to_message(body, client_model)?,
+                };
+                Ok(JsonReply {
+                    usage: message.usage,
+                    message: Some(message),
+                    passthrough: None,
+                })
+            }
+            ProviderKind::Anthropic => Ok(JsonReply {
+                usage: anthropic::usage_of(body),
+                message: None,
+                passthrough: Some(Bytes::copy_from_slice(body)),
+            }),
+        }
+    }
+}
+
+/// An upstream request body and its kind-specific headers.
+pub struct Prepared {
+    pub body: Bytes,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+pub struct JsonReply {
+    pub usage: Usage,
+    /// A translated message (OpenAI, Ollama).
+    pub message: Option<crate::protocol::anthropic::MessageResponse>,
+    /// The upstream's own Anthropic JSON (passthrough).
+    pub passthrough: Option<Bytes>,
+}
+
+/// Whether the upstream stream has reached its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Continue,
+    Done,
+}
+
+/// A provider's stream translator: upstream bytes in, Anthropic SSE out.
+pub enum Translator {
+    Openai(openai::stream::StreamTranslator),
+    Anthropic(anthropic::Passthrough),
+    Ollama(ollama::StreamTranslator),
+}
+
+impl Translator {
+    pub fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) -> Result<Progress, ApiError> {
+        match self {
+            Translator::Openai(t) => t.feed(bytes, out),
+            Translator::Anthropic(t) => t.feed(bytes, out),
+            Translator::Ollama(t) => t.feed(bytes, out),
+        }
+    }
+
+    pub fn end_of_input(&mut self, out: &mut BytesMut) -> Result<(), ApiError> {
+        match self {
+            Translator::Openai(t) => t.end_of_input(out),
+            Translator::Anthropic(t) => t.end_of_input(out),
+            Translator::Ollama(t) => t.end_of_input(out),
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        match self {
+            Translator::Openai(t) => t.usage(),
+            Translator::Anthropic(t) => t.usage(),
+            Translator::Ollama(t) => t.usage(),
+        }
     }
 }
 
@@ -135,23 +369,7 @@ fn chat_completions_endpoint(cfg: &ProviderConfig) -> Result<Endpoint, String> {
             .unwrap_or(crate::config::AZURE_DEFAULT_API_VERSION);
         url.query_pairs_mut().append_pair("api-version", version);
     }
-    let tls = url.scheme() == "https";
-    let host = url.host_str().ok_or("URL has no host")?.to_string();
-    let port = url.port_or_known_default().ok_or("URL has no port")?;
-    let mut path = url.path().to_string();
-    if let Some(q) = url.query() {
-        path.push('?');
-        path.push_str(q);
-    }
-    Ok(Endpoint {
-        tls,
-        host: host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-        port,
-        path,
-    })
+    Endpoint::from_url(&url)
 }
 
 #[cfg(test)]
@@ -207,6 +425,7 @@ mod tests {
         let mut c = cfg(Preset::Openai, "https://api.openai.com/v1");
         c.api_key_env = Some("K".into());
         let p = Provider::from_config("o", &c, &env).unwrap();
+        assert_eq!(p.kind, ProviderKind::Openai);
         assert_eq!(p.auth, Some(("authorization", "Bearer sk-secret".into())));
         assert!(!format!("{p:?}").contains("sk-secret"));
         c.preset = Preset::Azure;

@@ -1,26 +1,125 @@
-//! Model routing: which provider and upstream model serve a client model name.
+//! Routing: which targets (provider and upstream model, in fallback order)
+//! serve a request. Checked in this order, first match wins: the rules,
+//! then the Claude-Code-aware routes (long_context, web_search, think,
+//! background), then the model map, then the default.
 
-use crate::config::Config;
-use crate::providers::Provider;
+use crate::config::{Balance, Config, RuleConfig, Targets};
+use crate::protocol::anthropic::{ContentBlock, MessagesRequest, TextOrBlocks, Thinking, ToolResultBlock};
+use crate::providers::{Needs, Provider};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct Target {
     pub provider: Arc<Provider>,
-    /// The model name sent upstream.
-    pub model: String,
+    /// The model name sent upstream; `None` (Anthropic kind only) passes
+    /// the client's model through.
+    pub model: Option<String>,
+}
+
+impl Target {
+    pub fn model_for<'a>(&'a self, client_model: &'a str) -> &'a str {
+        self.model.as_deref().unwrap_or(client_model)
+    }
 }
 
 #[derive(Debug)]
-struct Route {
-    pattern: String,
-    target: Target,
+struct Chain {
+    targets: Vec<Target>,
+    balance: Balance,
+}
+
+#[derive(Debug)]
+struct Rule {
+    config: RuleConfig,
+    chain: Chain,
 }
 
 #[derive(Debug)]
 pub struct Router {
-    routes: Vec<Route>,
-    default: Option<Target>,
+    rules: Vec<Rule>,
+    long_context: Option<(u64, Chain)>,
+    web_search: Option<Chain>,
+    think: Option<Chain>,
+    background: Option<Chain>,
+    models: Vec<(String, Chain)>,
+    default: Option<Chain>,
+}
+
+/// What routing looks at, computed once per request.
+#[derive(Debug, Clone, Copy)]
+pub struct Features<'a> {
+    pub model: &'a str,
+    pub tools: usize,
+    /// Body bytes / 4: cheap, no tokenizer.
+    pub estimated_tokens: u64,
+    pub thinking: bool,
+    pub web_search: bool,
+    pub headers: &'a http::HeaderMap,
+    pub session: Option<&'a str>,
+}
+
+impl<'a> Features<'a> {
+    pub fn of(req: &'a MessagesRequest, body_len: usize, headers: &'a http::HeaderMap) -> Self {
+        let tools = req.tools.as_deref().unwrap_or_default();
+        Features {
+            model: &req.model,
+            tools: tools.len(),
+            estimated_tokens: body_len as u64 / 4,
+            thinking: matches!(req.thinking, Some(Thinking::Enabled { .. })),
+            web_search: tools
+                .iter()
+                .any(|t| t.kind.as_deref().is_some_and(|k| k.starts_with("web_search"))),
+            headers,
+            session: headers
+                .get("x-claude-code-session-id")
+                .and_then(|v| v.to_str().ok()),
+        }
+    }
+
+    /// Features of a request known only by its model, tool count and size.
+    pub fn basic(model: &'a str, tools: usize, body_len: usize, headers: &'a http::HeaderMap) -> Self {
+        Features {
+            model,
+            tools,
+            estimated_tokens: body_len as u64 / 4,
+            thinking: false,
+            web_search: false,
+            headers,
+            session: headers.get("x-claude-code-session-id").and_then(|v| v.to_str().ok()),
+        }
+    }
+
+    /// Claude Code's background calls (titles, summaries) use a haiku model.
+    pub fn background(&self) -> bool {
+        self.model.contains("haiku")
+    }
+}
+
+/// What a request needs of its provider (see `Capabilities::lacks`).
+pub fn needs(req: &MessagesRequest, f: &Features) -> Needs {
+    let image = |b: &ContentBlock| match b {
+        ContentBlock::Image { .. } => true,
+        ContentBlock::ToolResult { content: Some(TextOrBlocks::Blocks(rb)), .. } => {
+            rb.iter().any(|r| matches!(r, ToolResultBlock::Image { .. }))
+        }
+        _ => false,
+    };
+    Needs {
+        tools: req.tools.iter().flatten().any(|t| t.is_client_tool()),
+        vision: req.messages.iter().any(|m| match &m.content {
+            TextOrBlocks::Blocks(b) => b.iter().any(image),
+            TextOrBlocks::Text(_) => false,
+        }),
+        reasoning: f.thinking,
+        estimated_tokens: f.estimated_tokens,
+    }
+}
+
+/// The route taken and its targets in the order to try them.
+#[derive(Debug)]
+pub struct Decision<'r> {
+    pub route: String,
+    pub targets: Vec<&'r Target>,
 }
 
 impl Router {
@@ -36,53 +135,134 @@ impl Router {
                 .iter()
                 .find(|p| p.name == name)
                 .ok_or_else(|| format!("unknown provider {name:?}"))?;
-            let model = model
-                .or_else(|| provider.default_model.clone())
-                .ok_or_else(|| format!("provider {name:?} has no default model"))?;
+            let model = model.or_else(|| provider.default_model.clone());
+            if model.is_none() && provider.kind != crate::config::ProviderKind::Anthropic {
+                return Err(format!("provider {name:?} has no default model"));
+            }
             Ok(Target {
                 provider: provider.clone(),
                 model,
             })
         };
-        let routes = config
-            .models
-            .routes
-            .iter()
-            .map(|r| {
-                Ok(Route {
-                    pattern: r.pattern.clone(),
-                    target: target(&r.target)?,
-                })
+        let chain = |t: &Targets| -> Result<Chain, String> {
+            Ok(Chain {
+                targets: t.list().iter().map(|s| target(s)).collect::<Result<_, _>>()?,
+                balance: t.balance(),
             })
-            .collect::<Result<_, String>>()?;
-        let default = config.models.default.as_deref().map(target).transpose()?;
-        Ok(Router { routes, default })
+        };
+        let opt = |t: &Option<Targets>| t.as_ref().map(chain).transpose();
+        let r = &config.routing;
+        Ok(Router {
+            rules: r
+                .rules
+                .iter()
+                .map(|rule| {
+                    Ok(Rule {
+                        config: rule.clone(),
+                        chain: chain(&rule.targets)?,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+            long_context: r
+                .long_context
+                .as_ref()
+                .map(|lc| Ok::<_, String>((lc.threshold_tokens, chain(&lc.targets)?)))
+                .transpose()?,
+            web_search: opt(&r.web_search)?,
+            think: opt(&r.think)?,
+            background: opt(&r.background)?,
+            models: config
+                .models
+                .routes
+                .iter()
+                .map(|m| Ok((m.pattern.clone(), chain(&m.target)?)))
+                .collect::<Result<_, String>>()?,
+            default: opt(&config.models.default)?,
+        })
     }
 
-    pub fn resolve(&self, model: &str) -> Option<&Target> {
-        self.routes
-            .iter()
-            .find(|r| glob_match(&r.pattern, model))
-            .map(|r| &r.target)
-            .or(self.default.as_ref())
+    /// The route for a request, or `None` when nothing routes its model.
+    pub fn decide(&self, f: &Features) -> Option<Decision<'_>> {
+        let (route, chain): (String, &Chain) = if let Some(rule) =
+            self.rules.iter().find(|r| rule_matches(&r.config, f))
+        {
+            (format!("rule:{}", rule.config.name), &rule.chain)
+        } else if let Some((_, c)) = self
+            .long_context
+            .as_ref()
+            .filter(|(threshold, _)| f.estimated_tokens > *threshold)
+        {
+            ("long_context".into(), c)
+        } else if let Some(c) = self.web_search.as_ref().filter(|_| f.web_search) {
+            ("web_search".into(), c)
+        } else if let Some(c) = self.think.as_ref().filter(|_| f.thinking) {
+            ("think".into(), c)
+        } else if let Some(c) = self.background.as_ref().filter(|_| f.background()) {
+            ("background".into(), c)
+        } else if let Some((pattern, c)) = self.models.iter().find(|(p, _)| glob_match(p, f.model)) {
+            (format!("model:{pattern}"), c)
+        } else {
+            ("default".into(), self.default.as_ref()?)
+        };
+        let n = chain.targets.len();
+        let first = match (chain.balance, f.session) {
+            (Balance::Affinity, Some(session)) if n > 1 => (fnv1a(session) % n as u64) as usize,
+            _ => 0,
+        };
+        Some(Decision {
+            route,
+            targets: (0..n).map(|i| &chain.targets[(first + i) % n]).collect(),
+        })
     }
 
-    /// Model names a client can ask for: each exact (non-glob) route name,
-    /// then the default target's model, which any name reaches.
+    /// Model names a client can ask for: each exact (non-glob) model-map
+    /// name, then the default target's model, which any name reaches.
     pub fn model_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
-            .routes
+            .models
             .iter()
-            .filter(|r| !r.pattern.contains(['*', '?']))
-            .map(|r| r.pattern.clone())
+            .filter(|(p, _)| !p.contains(['*', '?']))
+            .map(|(p, _)| p.clone())
             .collect();
-        if let Some(d) = &self.default {
-            names.push(d.model.clone());
+        if let Some(m) = self
+            .default
+            .as_ref()
+            .and_then(|d| d.targets.first())
+            .and_then(|t| t.model.clone())
+        {
+            names.push(m);
         }
         let mut seen = std::collections::HashSet::new();
         names.retain(|n| seen.insert(n.clone()));
         names
     }
+}
+
+fn rule_matches(rule: &RuleConfig, f: &Features) -> bool {
+    rule.model.as_deref().is_none_or(|p| glob_match(p, f.model))
+        && rule.min_tools.is_none_or(|n| f.tools >= n)
+        && rule.max_tools.is_none_or(|n| f.tools <= n)
+        && rule.min_tokens.is_none_or(|n| f.estimated_tokens >= n)
+        && rule.max_tokens.is_none_or(|n| f.estimated_tokens <= n)
+        && rule.header.as_deref().is_none_or(|h| {
+            let (name, value) = match h.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim())),
+                None => (h.trim(), None),
+            };
+            f.headers
+                .get(name)
+                .is_some_and(|v| value.is_none_or(|want| v.to_str().is_ok_and(|got| got == want)))
+        })
+}
+
+/// A stable hash (FNV-1a): the same session always maps to the same target.
+pub fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// `*` matches any run of characters, `?` any one; everything else itself.
@@ -109,39 +289,4 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("claude-*haiku*", "claude-3-5-haiku-20241022"));
-        assert!(glob_match("claude-opus-*", "claude-opus-4-8"));
-        assert!(!glob_match("claude-opus-*", "claude-sonnet-4-5"));
-        assert!(glob_match("gpt-?o", "gpt-4o"));
-        assert!(glob_match("exact", "exact"));
-        assert!(!glob_match("exact", "exactly"));
-        assert!(glob_match("*", ""));
-    }
-
-    #[test]
-    fn first_matching_route_then_default() {
-        let config = Config::from_yaml(
-            "providers:\n  a: {base_url: 'http://127.0.0.1:1', model: am}\n  b: {base_url: 'http://127.0.0.1:2'}\n\
-             models:\n  default: a\n  routes:\n    - {match: 'claude-*haiku*', target: 'b:small'}\n    - {match: 'big', target: 'a:large'}\n",
-        )
-        .unwrap();
-        let providers: Vec<Arc<Provider>> = config
-            .providers
-            .iter()
-            .map(|(n, c)| Arc::new(Provider::from_config(n, c, &|_| None).unwrap()))
-            .collect();
-        let r = Router::new(&config, &providers).unwrap();
-        let t = r.resolve("claude-haiku-4-5").unwrap();
-        assert_eq!((t.provider.name.as_str(), t.model.as_str()), ("b", "small"));
-        let t = r.resolve("big").unwrap();
-        assert_eq!((t.provider.name.as_str(), t.model.as_str()), ("a", "large"));
-        let t = r.resolve("claude-opus-4-8").unwrap();
-        assert_eq!((t.provider.name.as_str(), t.model.as_str()), ("a", "am"));
-        assert_eq!(r.model_names(), ["big", "am"]);
-    }
-}
+mod tests;

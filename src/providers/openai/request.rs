@@ -525,10 +525,6 @@ fn user_field(user_id: &str) -> Cow<'_, str> {
     if user_id.len() <= 64 {
         return Cow::Borrowed(user_id);
     }
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in user_id.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
+    let h = crate::routing::fnv1a(user_id);
     Cow::Owned(format!("lynkr-{h:016x}"))
 }

@@ -73,12 +73,7 @@ enum Block {
     Tool(usize),
 }
 
-/// Whether the upstream stream has reached its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    Continue,
-    Done,
-}
+pub use crate::providers::Progress;
 
 pub struct StreamTranslator {
     model: String,

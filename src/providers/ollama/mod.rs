@@ -1,0 +1,427 @@
+//! Ollama's native `/api/chat` (for Ollama without the Anthropic API):
+//! NDJSON streaming, tools, images as base64, `think`.
+//!
+//! The conversation is first put in OpenAI order by the OpenAI translation
+//! (tool results straight after their calls, unanswered calls closed), then
+//! reshaped into Ollama's message form, so the ordering rules live once.
+
+use super::openai::request::{ChatMessage, Part, UserContent};
+use super::openai::response::parse_arguments;
+use super::openai::OpenAiOptions;
+use super::{Capabilities, Endpoint, Progress};
+use crate::protocol::anthropic::{MessageResponse, MessagesRequest, ResponseBlock, StopReason, Usage};
+use crate::protocol::error::ApiError;
+use crate::protocol::sse::write_event;
+use crate::protocol::validate::parse_json;
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::borrow::Cow;
+
+/// `/api/chat` under the base URL (a full `.../api/chat` URL is kept).
+pub fn endpoint(base_url: &str) -> Result<Endpoint, String> {
+    let mut url = url::Url::parse(base_url).map_err(|e| format!("not a URL: {e}"))?;
+    let path = url.path().trim_end_matches('/').to_string();
+    if !path.ends_with("/api/chat") {
+        url.set_path(&format!("{path}/api/chat"));
+    }
+    Endpoint::from_url(&url)
+}
+
+#[derive(Debug, Serialize)]
+pub struct OllamaRequest<'a> {
+    pub model: &'a str,
+    pub messages: Vec<OllamaMessage<'a>>,
+    pub stream: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Value>,
+    pub options: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub think: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OllamaMessage<'a> {
+    pub role: &'static str,
+    pub content: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_name: Option<String>,
+}
+
+pub fn to_ollama_request<'a>(
+    req: &'a MessagesRequest,
+    model: &'a str,
+    opts: &OpenAiOptions,
+    caps: &Capabilities,
+) -> Result<OllamaRequest<'a>, ApiError> {
+    let chat = super::openai::request::to_chat_request(req, model, opts)?;
+    let mut messages = Vec::with_capacity(chat.messages.len());
+    // Tool call id -> name, for Ollama's `tool_name` on results.
+    let mut call_names: Vec<(&str, String)> = Vec::new();
+    for m in chat.messages {
+        messages.push(match m {
+            ChatMessage::System { content } => message("system", content),
+            ChatMessage::User { content } => user_message(content)?,
+            ChatMessage::Assistant { content, tool_calls } => {
+                let mut msg = message("assistant", content.unwrap_or_default());
+                for call in tool_calls {
+                    call_names.push((call.id, call.function.name.to_string()));
+                    msg.tool_calls.push(json!({"function": {
+                        "name": call.function.name,
+                        "arguments": parse_arguments(&call.function.arguments),
+                    }}));
+                }
+                msg
+            }
+            ChatMessage::Tool { tool_call_id, content } => {
+                let mut msg = message("tool", content);
+                msg.tool_name = call_names
+                    .iter()
+                    .find(|(id, _)| *id == tool_call_id)
+                    .map(|(_, name)| name.clone());
+                msg
+            }
+        });
+    }
+    let tools = chat
+        .tools
+        .into_iter()
+        .flatten()
+        .map(|t| serde_json::to_value(t).expect("tools serialize"))
+        .collect();
+    let mut options = json!({"num_predict": chat.max_tokens.or(chat.max_completion_tokens)});
+    if let Some(t) = req.temperature {
+        options["temperature"] = json!(t);
+    }
+    if let Some(p) = req.top_p {
+        options["top_p"] = json!(p);
+    }
+    if let Some(stop) = req.stop_sequences.as_ref().filter(|s| !s.is_empty()) {
+        options["stop"] = json!(stop);
+    }
+    if let Some(window) = caps.context_window {
+        options["num_ctx"] = json!(window);
+    }
+    let thinking = matches!(
+        req.thinking,
+        Some(crate::protocol::anthropic::Thinking::Enabled { .. } | crate::protocol::anthropic::Thinking::Adaptive)
+    );
+    Ok(OllamaRequest {
+        model,
+        messages,
+        stream: req.is_stream(),
+        tools,
+        options,
+        think: (caps.reasoning && thinking).then_some(true),
+        format: chat
+            .response_format
+            .and_then(|f| f.pointer("/json_schema/schema").cloned()),
+    })
+}
+
+fn message<'a>(role: &'static str, content: Cow<'a, str>) -> OllamaMessage<'a> {
+    OllamaMessage {
+        role,
+        content,
+        images: Vec::new(),
+        tool_calls: Vec::new(),
+        tool_name: None,
+    }
+}
+
+/// Ollama takes text plus a list of base64 images (no URLs, no files).
+fn user_message(content: UserContent<'_>) -> Result<OllamaMessage<'_>, ApiError> {
+    let parts = match content {
+        UserContent::Text(t) => return Ok(message("user", t)),
+        UserContent::Parts(p) => p,
+    };
+    let mut texts = Vec::new();
+    let mut images = Vec::new();
+    for part in parts {
+        match part {
+            Part::Text { text } => texts.push(text),
+            Part::ImageUrl { image_url } => match image_url.url.split_once(";base64,") {
+                Some((_, data)) if image_url.url.starts_with("data:") => images.push(data.to_string()),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "messages: Ollama takes images as base64 only, not URLs",
+                    ))
+                }
+            },
+            Part::File { .. } => {
+                return Err(ApiError::invalid("messages: Ollama does not take PDF documents"))
+            }
+        }
+    }
+    let mut msg = message("user", Cow::Owned(texts.join("\n")));
+    msg.images = images;
+    Ok(msg)
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct OllamaChunk {
+    #[serde(default)]
+    message: Option<OllamaOut>,
+    #[serde(default)]
+    done: bool,
+    #[serde(default)]
+    done_reason: Option<String>,
+    #[serde(default)]
+    prompt_eval_count: Option<u64>,
+    #[serde(default)]
+    eval_count: Option<u64>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct OllamaOut {
+    #[serde(default)]
+    content: String,
+    #[serde(default)]
+    thinking: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<OllamaToolCall>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OllamaToolCall {
+    function: OllamaFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct OllamaFunction {
+    name: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+impl OllamaChunk {
+    fn usage(&self) -> Usage {
+        Usage {
+            input_tokens: self.prompt_eval_count.unwrap_or(0),
+            output_tokens: self.eval_count.unwrap_or(0),
+            ..Usage::default()
+        }
+    }
+
+    fn stop_reason(&self, saw_tool_call: bool) -> StopReason {
+        match self.done_reason.as_deref() {
+            Some("length") => StopReason::MaxTokens,
+            _ if saw_tool_call => StopReason::ToolUse,
+            _ => StopReason::EndTurn,
+        }
+    }
+}
+
+fn tool_id() -> String {
+    format!("toolu_lynkr_{:016x}", crate::util::unique_id())
+}
+
+fn arguments_object(v: Value) -> Value {
+    match v {
+        Value::Object(_) => v,
+        Value::String(s) => parse_arguments(&s),
+        Value::Null => json!({}),
+        other => json!({"_raw_arguments": other}),
+    }
+}
+
+/// A whole `/api/chat` response (`stream: false`).
+pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, ApiError> {
+    let chunk: OllamaChunk = parse_json(body).map_err(|e| {
+        ApiError::api(format!("upstream returned an invalid chat response: {}", e.message)).with_status(502)
+    })?;
+    if let Some(err) = chunk.error {
+        return Err(ApiError::api(err).with_status(502));
+    }
+    let mut content = Vec::new();
+    let out = chunk.message.as_ref();
+    if let Some(t) = out.and_then(|m| m.thinking.clone()).filter(|t| !t.is_empty()) {
+        content.push(ResponseBlock::Thinking { thinking: t, signature: String::new() });
+    }
+    if let Some(text) = out.map(|m| m.content.clone()).filter(|t| !t.is_empty()) {
+        content.push(ResponseBlock::Text { text });
+    }
+    let calls = chunk.message.as_ref().map_or(0, |m| m.tool_calls.len());
+    let stop = chunk.stop_reason(calls > 0);
+    let usage = chunk.usage();
+    for call in chunk.message.into_iter().flat_map(|m| m.tool_calls) {
+        content.push(ResponseBlock::ToolUse {
+            id: tool_id(),
+            name: call.function.name,
+            input: arguments_object(call.function.arguments),
+        });
+    }
+    Ok(MessageResponse {
+        id: format!("msg_lynkr_{:016x}", crate::util::unique_id()),
+        kind: "message",
+        role: "assistant",
+        model: client_model.to_string(),
+        content,
+        stop_reason: Some(stop),
+        stop_sequence: None,
+        usage,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Text,
+    Thinking,
+}
+
+/// NDJSON chunks -> Anthropic events. Text and thinking stream as deltas;
+/// Ollama sends each tool call whole, so each becomes one complete block.
+pub struct StreamTranslator {
+    model: String,
+    buf: Vec<u8>,
+    started: bool,
+    open: Option<Block>,
+    next_index: usize,
+    saw_tool_call: bool,
+    usage: Usage,
+    done: bool,
+}
+
+/// A single NDJSON line larger than this is a protocol error.
+const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+impl StreamTranslator {
+    pub fn new(model: impl Into<String>) -> Self {
+        StreamTranslator {
+            model: model.into(),
+            buf: Vec::new(),
+            started: false,
+            open: None,
+            next_index: 0,
+            saw_tool_call: false,
+            usage: Usage::default(),
+            done: false,
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    pub fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) -> Result<Progress, ApiError> {
+        self.buf.extend_from_slice(bytes);
+        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=pos).collect();
+            if self.done || line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let chunk: OllamaChunk = serde_json::from_slice(&line).map_err(|e| {
+                ApiError::api(format!("malformed upstream stream: {e}")).with_status(502)
+            })?;
+            self.chunk(chunk, out)?;
+        }
+        if self.buf.len() > MAX_LINE_BYTES {
+            return Err(ApiError::api("upstream sent an oversized stream line").with_status(502));
+        }
+        Ok(if self.done { Progress::Done } else { Progress::Continue })
+    }
+
+    pub fn end_of_input(&mut self, out: &mut BytesMut) -> Result<(), ApiError> {
+        if !self.done && !self.buf.iter().all(u8::is_ascii_whitespace) {
+            // A last line without its newline.
+            let rest = std::mem::take(&mut self.buf);
+            if let Ok(chunk) = serde_json::from_slice::<OllamaChunk>(&rest) {
+                self.chunk(chunk, out)?;
+            }
+        }
+        if self.done {
+            Ok(())
+        } else {
+            Err(ApiError::api("upstream stream ended before the response was complete").with_status(502))
+        }
+    }
+
+    fn chunk(&mut self, chunk: OllamaChunk, out: &mut BytesMut) -> Result<(), ApiError> {
+        if let Some(err) = chunk.error {
+            return Err(ApiError::api(err).with_status(502));
+        }
+        self.start(out);
+        if let Some(m) = &chunk.message {
+            if let Some(t) = m.thinking.as_deref().filter(|t| !t.is_empty()) {
+                self.delta(Block::Thinking, json!({"type": "thinking_delta", "thinking": t}), out);
+            }
+            if !m.content.is_empty() {
+                self.delta(Block::Text, json!({"type": "text_delta", "text": m.content}), out);
+            }
+        }
+        let calls = chunk.message.as_ref().map_or(Vec::new(), |m| {
+            m.tool_calls
+                .iter()
+                .map(|c| (c.function.name.clone(), arguments_object(c.function.arguments.clone())))
+                .collect()
+        });
+        for (name, args) in calls {
+            self.close(out);
+            self.saw_tool_call = true;
+            let index = self.next_index;
+            let start = json!({"type": "content_block_start", "index": index,
+                "content_block": {"type": "tool_use", "id": tool_id(), "name": name, "input": {}}});
+            write_event(out, "content_block_start", &start);
+            let delta = json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": args.to_string()}});
+            write_event(out, "content_block_delta", &delta);
+            write_event(out, "content_block_stop", &json!({"type": "content_block_stop", "index": index}));
+            self.next_index += 1;
+        }
+        if chunk.done {
+            self.close(out);
+            self.usage = chunk.usage();
+            let stop = chunk.stop_reason(self.saw_tool_call);
+            write_event(out, "message_delta", &json!({"type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": self.usage}));
+            write_event(out, "message_stop", &json!({"type": "message_stop"}));
+            self.done = true;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, out: &mut BytesMut) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        write_event(out, "message_start", &json!({"type": "message_start", "message": {
+            "id": format!("msg_lynkr_{:016x}", crate::util::unique_id()),
+            "type": "message", "role": "assistant", "model": self.model, "content": [],
+            "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 0, "output_tokens": 0}}}));
+    }
+
+    fn delta(&mut self, kind: Block, delta: Value, out: &mut BytesMut) {
+        if self.open != Some(kind) {
+            self.close(out);
+            let block = match kind {
+                Block::Text => json!({"type": "text", "text": ""}),
+                Block::Thinking => json!({"type": "thinking", "thinking": "", "signature": ""}),
+            };
+            write_event(out, "content_block_start", &json!({"type": "content_block_start",
+                "index": self.next_index, "content_block": block}));
+            self.open = Some(kind);
+        }
+        write_event(out, "content_block_delta", &json!({"type": "content_block_delta",
+            "index": self.next_index, "delta": delta}));
+    }
+
+    fn close(&mut self, out: &mut BytesMut) {
+        if self.open.take().is_some() {
+            write_event(out, "content_block_stop", &json!({"type": "content_block_stop", "index": self.next_index}));
+            self.next_index += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
