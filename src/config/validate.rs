@@ -240,6 +240,7 @@ fn check_target(c: &Config, path: &str, target: &str, p: &mut Vec<Problem>) {
         Some(prov)
             if model.is_none_or(str::is_empty)
                 && prov.model.is_none()
+                && prov.deployment.is_none()
                 && prov.kind != super::ProviderKind::Anthropic =>
         {
             p.push(Problem::new(

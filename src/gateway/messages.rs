@@ -205,7 +205,7 @@ async fn write_sse_header(
     let mut h = ResponseHeader::build(200, Some(4))?;
     h.insert_header("content-type", "text/event-stream")?;
     h.insert_header("cache-control", "no-cache")?;
-    h.insert_header("x-request-id", ctx.request_id.as_str())?;
+    respond::common_headers(&mut h, ctx)?;
     ctx.status = 200;
     session.write_response_header(Box::new(h), false).await
 }

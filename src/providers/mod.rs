@@ -176,7 +176,7 @@ impl Provider {
             count_tokens_endpoint,
             auth,
             extra_headers: cfg.headers.clone().into_iter().collect(),
-            default_model: cfg.model.clone(),
+            default_model: cfg.model.clone().or_else(|| cfg.deployment.clone()),
             capabilities,
             openai,
             anthropic_version: cfg

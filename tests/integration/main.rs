@@ -5,3 +5,4 @@ mod claude_code;
 mod common;
 mod gateway;
 mod sdk;
+mod providers;

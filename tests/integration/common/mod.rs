@@ -80,6 +80,19 @@ impl Gateway {
         std::fs::read_to_string(self.dir.join("lynkr.log")).unwrap_or_default()
     }
 
+    /// True once the log contains `needle` (the access line is written
+    /// just after the response, so tests wait for it a moment).
+    pub fn log_contains(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -158,6 +171,8 @@ pub enum Reply {
     /// As `Sse`, but the connection is dropped after the pieces, without
     /// the terminating chunk.
     SseThenClose { pieces: Vec<String> },
+    /// Chunked `application/x-ndjson` (Ollama's streaming).
+    Ndjson { lines: Vec<String> },
     /// Close the connection without answering.
     Close,
 }
@@ -313,6 +328,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     return;
                 }
             }
+            Reply::Ndjson { lines } => {
+                if write_chunked(stream, "application/x-ndjson", &lines, Duration::ZERO).await.is_err()
+                    || stream.write_all(b"0\r\n\r\n").await.is_err()
+                {
+                    return;
+                }
+            }
             Reply::Sse { pieces, delay } => {
                 if write_sse(stream, &pieces, delay).await.is_err()
                     || stream.write_all(b"0\r\n\r\n").await.is_err()
@@ -335,9 +357,17 @@ async fn write_sse<S: AsyncWrite + Unpin>(
     pieces: &[String],
     delay: Duration,
 ) -> std::io::Result<()> {
-    stream
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-        .await?;
+    write_chunked(stream, "text/event-stream", pieces, delay).await
+}
+
+async fn write_chunked<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    content_type: &str,
+    pieces: &[String],
+    delay: Duration,
+) -> std::io::Result<()> {
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n");
+    stream.write_all(head.as_bytes()).await?;
     for piece in pieces {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -547,4 +577,59 @@ fn rustls_pemfile_certs(
         .unwrap()
         .map(|c| c.unwrap())
         .collect()
+}
+
+// ---- Anthropic and Ollama wire-format builders -----------------------------------------
+
+/// An Anthropic SSE stream: optional text, then tool calls `(id, name, input JSON)`.
+pub fn anthropic_stream(text: &str, calls: &[(&str, &str, &str)]) -> Vec<String> {
+    let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = vec![ev("message_start", json!({"type": "message_start", "message": {
+        "id": "msg_mock", "type": "message", "role": "assistant", "model": "claude-upstream", "content": [],
+        "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 25, "output_tokens": 1}}}))];
+    let mut index = 0;
+    if !text.is_empty() {
+        out.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+        out.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})));
+        out.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+        index = 1;
+    }
+    for (id, name, input) in calls {
+        out.push(ev("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}})));
+        out.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": input}})));
+        out.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": index})));
+        index += 1;
+    }
+    let stop = if calls.is_empty() { "end_turn" } else { "tool_use" };
+    out.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 9}})));
+    out.push(ev("message_stop", json!({"type": "message_stop"})));
+    out
+}
+
+pub fn anthropic_message(text: &str) -> String {
+    json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": "claude-upstream",
+        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 25, "output_tokens": 9}})
+    .to_string()
+}
+
+/// Ollama NDJSON lines: text in pieces, then tool calls `(name, arguments object)`, then done.
+pub fn ollama_stream(text: &str, calls: &[(&str, Value)]) -> Vec<String> {
+    let mut out: Vec<String> = text
+        .split_inclusive(' ')
+        .map(|w| format!("{}\n", json!({"model": "q", "message": {"role": "assistant", "content": w}, "done": false})))
+        .collect();
+    if !calls.is_empty() {
+        let tc: Vec<Value> = calls.iter().map(|(n, a)| json!({"function": {"name": n, "arguments": a}})).collect();
+        out.push(format!("{}\n", json!({"model": "q", "message": {"role": "assistant", "content": "", "tool_calls": tc}, "done": false})));
+    }
+    out.push(format!("{}\n", json!({"model": "q", "message": {"role": "assistant", "content": ""}, "done": true,
+        "done_reason": "stop", "prompt_eval_count": 40, "eval_count": 10})));
+    out
+}
+
+pub fn ollama_message(text: &str) -> String {
+    json!({"model": "q", "message": {"role": "assistant", "content": text}, "done": true, "done_reason": "stop",
+        "prompt_eval_count": 40, "eval_count": 10})
+    .to_string()
 }
