@@ -76,7 +76,8 @@ impl UpstreamClient {
                 .get_http_session(&peer)
                 .await
                 .map_err(|e| transport_error(&e, &provider.name))?;
-            let header = request_header(provider, endpoint, headers, body.len(), stream, request_id)?;
+            let header =
+                request_header(provider, endpoint, headers, body.len(), stream, request_id)?;
             session.set_write_timeout(Some(self.write));
             session.set_read_timeout(Some(self.first_byte));
             match exchange(&mut session, header, body.clone()).await {

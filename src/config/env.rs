@@ -222,9 +222,18 @@ fn legacy_provider(name: &str, get: &dyn Fn(&str) -> Option<String>) -> Option<P
 /// few tools (`OLLAMA_MAX_TOOLS_FOR_ROUTING`, default 3) go to Ollama; the
 /// rest, and Ollama's failures when `FALLBACK_ENABLED` (default true), go to
 /// `FALLBACK_PROVIDER` (default: `MODEL_PROVIDER` when that is not ollama).
-fn apply_hybrid(config: &mut Config, get: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
+fn apply_hybrid(
+    config: &mut Config,
+    get: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
     let truthy = |v: Option<String>, default: bool| {
-        v.map_or(default, |v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        v.map_or(default, |v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
     };
     if !truthy(get("PREFER_OLLAMA"), false) {
         return;
@@ -232,7 +241,12 @@ fn apply_hybrid(config: &mut Config, get: &dyn Fn(&str) -> Option<String>, probl
     let ollama = legacy_provider("ollama", get).expect("ollama is a legacy provider");
     config.providers.insert("ollama".into(), ollama);
     let mut max_tools = 3usize;
-    parse_into(get, "OLLAMA_MAX_TOOLS_FOR_ROUTING", &mut max_tools, problems);
+    parse_into(
+        get,
+        "OLLAMA_MAX_TOOLS_FOR_ROUTING",
+        &mut max_tools,
+        problems,
+    );
     let fallback = get("FALLBACK_PROVIDER")
         .map(|f| f.trim().to_ascii_lowercase())
         .or_else(|| get("MODEL_PROVIDER").map(|m| m.trim().to_ascii_lowercase()))
@@ -249,7 +263,10 @@ fn apply_hybrid(config: &mut Config, get: &dyn Fn(&str) -> Option<String>, probl
             }
             None => problems.push(Problem::new(
                 "FALLBACK_PROVIDER",
-                format!("unknown provider {name:?} (this build serves: {})", LEGACY_PROVIDERS.join(", ")),
+                format!(
+                    "unknown provider {name:?} (this build serves: {})",
+                    LEGACY_PROVIDERS.join(", ")
+                ),
             )),
         }
     } else if config.models.default.is_none() {

@@ -150,7 +150,12 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
     }
     for (i, route) in c.models.routes.iter().enumerate() {
         check_pattern(&format!("models.routes.{i}.match"), &route.pattern, &mut p);
-        check_targets(c, &format!("models.routes.{i}.target"), &route.target, &mut p);
+        check_targets(
+            c,
+            &format!("models.routes.{i}.target"),
+            &route.target,
+            &mut p,
+        );
     }
     let r = &c.routing;
     for (name, targets) in [
@@ -165,7 +170,10 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
     if let Some(lc) = &r.long_context {
         check_targets(c, "routing.long_context.targets", &lc.targets, &mut p);
         if lc.threshold_tokens == 0 {
-            p.push(Problem::new("routing.long_context.threshold_tokens", "must be greater than 0"));
+            p.push(Problem::new(
+                "routing.long_context.threshold_tokens",
+                "must be greater than 0",
+            ));
         }
     }
     for (i, rule) in r.rules.iter().enumerate() {

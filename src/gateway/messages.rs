@@ -25,7 +25,11 @@ fn falls_back(e: &ApiError) -> bool {
     e.status == 429 || e.status >= 500
 }
 
-pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+pub async fn handle(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), ApiError> {
     let body = read_body(session, gw.limits.max_body_bytes).await?;
     let req = parse_messages_request(&body)?;
     ctx.model = Some(req.model.clone());
@@ -52,7 +56,14 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         let prepared = provider.prepare(&req, &body, model, &client_headers)?;
         let sent = gw
             .upstream
-            .send(provider, &provider.endpoint, &prepared.headers, prepared.body, ctx.stream, &ctx.request_id)
+            .send(
+                provider,
+                &provider.endpoint,
+                &prepared.headers,
+                prepared.body,
+                ctx.stream,
+                &ctx.request_id,
+            )
             .await;
         let mut ex = match sent {
             Ok(ex) if (200..300).contains(&ex.status) => ex,
@@ -80,7 +91,10 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         if ctx.stream && streamed {
             return stream(gw, session, ctx, ex, &req.model, provider).await;
         }
-        let reply = match ex.read_all(&provider.name, gw.limits.max_response_bytes).await {
+        let reply = match ex
+            .read_all(&provider.name, gw.limits.max_response_bytes)
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 ex.abort().await;
@@ -115,14 +129,20 @@ async fn json_reply(
         (Some(message), _) if ctx.stream => {
             let events = message_events(&message);
             write_sse_header(session, ctx).await.map_err(client_gone)?;
-            let _ = session.write_response_body(Some(events.freeze()), true).await;
+            let _ = session
+                .write_response_body(Some(events.freeze()), true)
+                .await;
         }
         (Some(message), _) => {
             let json = serde_json::to_vec(&message).map_err(|e| ApiError::api(e.to_string()))?;
             respond::json(session, ctx, 200, json).await;
         }
         (None, Some(raw)) => {
-            let content_type = if ctx.stream { "text/event-stream" } else { "application/json" };
+            let content_type = if ctx.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
             respond::send(session, ctx, 200, content_type, raw, None).await;
         }
         (None, None) => unreachable!("a reply is a message or passthrough bytes"),

@@ -68,14 +68,23 @@ pub async fn count_tokens(
             let fwd = anthropic::forward_headers(&headers, &provider.anthropic_version);
             let mut ex = gw
                 .upstream
-                .send(provider, endpoint, &fwd, upstream_body, false, &ctx.request_id)
+                .send(
+                    provider,
+                    endpoint,
+                    &fwd,
+                    upstream_body,
+                    false,
+                    &ctx.request_id,
+                )
                 .await?;
             if !(200..300).contains(&ex.status) {
                 let (err, ex) = ex.into_error(&provider.name).await;
                 gw.upstream.finish(ex).await;
                 return Err(err);
             }
-            let reply = ex.read_all(&provider.name, gw.limits.max_response_bytes).await;
+            let reply = ex
+                .read_all(&provider.name, gw.limits.max_response_bytes)
+                .await;
             gw.upstream.finish(ex).await;
             respond::json(session, ctx, 200, reply?).await;
             return Ok(());

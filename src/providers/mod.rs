@@ -116,7 +116,10 @@ impl Endpoint {
         }
         Ok(Endpoint {
             tls: url.scheme() == "https",
-            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port: url.port_or_known_default().ok_or("URL has no port")?,
             path,
         })

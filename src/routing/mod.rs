@@ -4,7 +4,9 @@
 //! background), then the model map, then the default.
 
 use crate::config::{Balance, Config, RuleConfig, Targets};
-use crate::protocol::anthropic::{ContentBlock, MessagesRequest, TextOrBlocks, Thinking, ToolResultBlock};
+use crate::protocol::anthropic::{
+    ContentBlock, MessagesRequest, TextOrBlocks, Thinking, ToolResultBlock,
+};
 use crate::providers::{Needs, Provider};
 use std::sync::Arc;
 
@@ -66,9 +68,11 @@ impl<'a> Features<'a> {
             tools: tools.len(),
             estimated_tokens: body_len as u64 / 4,
             thinking: matches!(req.thinking, Some(Thinking::Enabled { .. })),
-            web_search: tools
-                .iter()
-                .any(|t| t.kind.as_deref().is_some_and(|k| k.starts_with("web_search"))),
+            web_search: tools.iter().any(|t| {
+                t.kind
+                    .as_deref()
+                    .is_some_and(|k| k.starts_with("web_search"))
+            }),
             headers,
             session: headers
                 .get("x-claude-code-session-id")
@@ -77,7 +81,12 @@ impl<'a> Features<'a> {
     }
 
     /// Features of a request known only by its model, tool count and size.
-    pub fn basic(model: &'a str, tools: usize, body_len: usize, headers: &'a http::HeaderMap) -> Self {
+    pub fn basic(
+        model: &'a str,
+        tools: usize,
+        body_len: usize,
+        headers: &'a http::HeaderMap,
+    ) -> Self {
         Features {
             model,
             tools,
@@ -85,7 +94,9 @@ impl<'a> Features<'a> {
             thinking: false,
             web_search: false,
             headers,
-            session: headers.get("x-claude-code-session-id").and_then(|v| v.to_str().ok()),
+            session: headers
+                .get("x-claude-code-session-id")
+                .and_then(|v| v.to_str().ok()),
         }
     }
 
@@ -99,9 +110,12 @@ impl<'a> Features<'a> {
 pub fn needs(req: &MessagesRequest, f: &Features) -> Needs {
     let image = |b: &ContentBlock| match b {
         ContentBlock::Image { .. } => true,
-        ContentBlock::ToolResult { content: Some(TextOrBlocks::Blocks(rb)), .. } => {
-            rb.iter().any(|r| matches!(r, ToolResultBlock::Image { .. }))
-        }
+        ContentBlock::ToolResult {
+            content: Some(TextOrBlocks::Blocks(rb)),
+            ..
+        } => rb
+            .iter()
+            .any(|r| matches!(r, ToolResultBlock::Image { .. })),
         _ => false,
     };
     Needs {
@@ -146,7 +160,11 @@ impl Router {
         };
         let chain = |t: &Targets| -> Result<Chain, String> {
             Ok(Chain {
-                targets: t.list().iter().map(|s| target(s)).collect::<Result<_, _>>()?,
+                targets: t
+                    .list()
+                    .iter()
+                    .map(|s| target(s))
+                    .collect::<Result<_, _>>()?,
                 balance: t.balance(),
             })
         };
@@ -199,7 +217,8 @@ impl Router {
             ("think".into(), c)
         } else if let Some(c) = self.background.as_ref().filter(|_| f.background()) {
             ("background".into(), c)
-        } else if let Some((pattern, c)) = self.models.iter().find(|(p, _)| glob_match(p, f.model)) {
+        } else if let Some((pattern, c)) = self.models.iter().find(|(p, _)| glob_match(p, f.model))
+        {
             (format!("model:{pattern}"), c)
         } else {
             ("default".into(), self.default.as_ref()?)

@@ -72,21 +72,77 @@ fn each_route_in_order() {
     let r = router();
     let h = HeaderMap::new();
     let f = features("claude-sonnet-4-5", &h);
-    assert_eq!(decide(&r, f), ("default".into(), vec!["a/am".into(), "b/bm".into()]));
+    assert_eq!(
+        decide(&r, f),
+        ("default".into(), vec!["a/am".into(), "b/bm".into()])
+    );
     assert_eq!(decide(&r, features("big", &h)).1, ["a/large"]);
     // background beats the model map's haiku route
-    assert_eq!(decide(&r, features("claude-haiku-4-5", &h)), ("background".into(), vec!["c/tiny".into()]));
-    assert_eq!(decide(&r, Features { thinking: true, ..f }), ("think".into(), vec!["c/thinker".into(), "a/am".into()]));
-    assert_eq!(decide(&r, Features { web_search: true, thinking: true, ..f }).0, "web_search");
-    assert_eq!(decide(&r, Features { estimated_tokens: 5000, web_search: true, ..f }).0, "long_context");
-    assert_eq!(decide(&r, Features { tools: 24, estimated_tokens: 5000, ..f }), ("rule:many-tools".into(), vec!["b/tools".into()]));
+    assert_eq!(
+        decide(&r, features("claude-haiku-4-5", &h)),
+        ("background".into(), vec!["c/tiny".into()])
+    );
+    assert_eq!(
+        decide(
+            &r,
+            Features {
+                thinking: true,
+                ..f
+            }
+        ),
+        ("think".into(), vec!["c/thinker".into(), "a/am".into()])
+    );
+    assert_eq!(
+        decide(
+            &r,
+            Features {
+                web_search: true,
+                thinking: true,
+                ..f
+            }
+        )
+        .0,
+        "web_search"
+    );
+    assert_eq!(
+        decide(
+            &r,
+            Features {
+                estimated_tokens: 5000,
+                web_search: true,
+                ..f
+            }
+        )
+        .0,
+        "long_context"
+    );
+    assert_eq!(
+        decide(
+            &r,
+            Features {
+                tools: 24,
+                estimated_tokens: 5000,
+                ..f
+            }
+        ),
+        ("rule:many-tools".into(), vec!["b/tools".into()])
+    );
     let mut infra = HeaderMap::new();
     infra.insert("x-team", "infra".parse().unwrap());
     // An Anthropic target without a model passes the client's model through.
-    assert_eq!(decide(&r, features("claude-sonnet-4-5", &infra)), ("rule:by-header".into(), vec!["claude/claude-sonnet-4-5".into()]));
+    assert_eq!(
+        decide(&r, features("claude-sonnet-4-5", &infra)),
+        (
+            "rule:by-header".into(),
+            vec!["claude/claude-sonnet-4-5".into()]
+        )
+    );
     let mut other = HeaderMap::new();
     other.insert("x-team", "web".parse().unwrap());
-    assert_eq!(decide(&r, features("claude-sonnet-4-5", &other)).0, "default");
+    assert_eq!(
+        decide(&r, features("claude-sonnet-4-5", &other)).0,
+        "default"
+    );
 }
 
 #[test]
@@ -94,7 +150,10 @@ fn session_affinity_is_stable_and_spreads() {
     let r = router();
     let h = HeaderMap::new();
     let first = |session: &str| {
-        let f = Features { session: Some(session), ..features("claude-opus-4-8", &h) };
+        let f = Features {
+            session: Some(session),
+            ..features("claude-opus-4-8", &h)
+        };
         decide(&r, f).1
     };
     let a = first("session-1");
@@ -102,9 +161,14 @@ fn session_affinity_is_stable_and_spreads() {
     for _ in 0..5 {
         assert_eq!(first("session-1"), a);
     }
-    let starts: std::collections::HashSet<String> =
-        (0..30).map(|i| first(&format!("s{i}"))[0].clone()).collect();
-    assert_eq!(starts.len(), 3, "sessions spread over the equivalent targets");
+    let starts: std::collections::HashSet<String> = (0..30)
+        .map(|i| first(&format!("s{i}"))[0].clone())
+        .collect();
+    assert_eq!(
+        starts.len(),
+        3,
+        "sessions spread over the equivalent targets"
+    );
     // Without a session id the chain starts at its first target.
     assert_eq!(decide(&r, features("claude-opus-4-8", &h)).1[0], "a/am");
 }

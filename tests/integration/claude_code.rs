@@ -28,78 +28,139 @@ fn claude_bin() -> PathBuf {
     PathBuf::from("claude")
 }
 
+/// The wire format the scripted upstream speaks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Wire {
+    Openai,
+    Anthropic,
+    Ollama,
+}
+
 /// The upstream's script: the main loop (it carries the Write tool) first
 /// gets a Write call, then, once the tool result comes back, the final
 /// text; side requests (titles, summaries) get a short answer.
-fn script(target: PathBuf) -> impl Fn(&Recorded) -> Reply + Send + Sync + 'static {
+fn script(target: PathBuf, wire: Wire) -> impl Fn(&Recorded) -> Reply + Send + Sync + 'static {
     move |r: &Recorded| {
         let b = &r.body;
-        let has_write = b["tools"]
+        let tool_names: Vec<&str> = b["tools"]
             .as_array()
-            .is_some_and(|t| t.iter().any(|t| t["function"]["name"] == "Write"));
-        let has_result = b["messages"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
-        let structured = b.get("response_format").is_some();
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["name"].as_str().or(t["function"]["name"].as_str()))
+            .collect();
+        let has_write = tool_names.contains(&"Write");
+        let has_result = b["messages"].as_array().is_some_and(|m| {
+            m.iter().any(|m| {
+                m["role"] == "tool"
+                    || m["content"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["type"] == "tool_result"))
+            })
+        });
+        let structured = b.get("response_format").is_some()
+            || b.pointer("/output_config/format").is_some()
+            || b.get("format").is_some();
         let stream = b["stream"] == true;
-        let (text, calls): (String, Vec<(String, String, String)>) = if has_write && !has_result {
-            let args =
-                json!({"file_path": target.to_str().unwrap(), "content": FILE_CONTENT}).to_string();
-            (
-                "I'll create the file.".into(),
-                vec![("call_write_1".into(), "Write".into(), args)],
-            )
+        let args = json!({"file_path": target.to_str().unwrap(), "content": FILE_CONTENT});
+        let (text, call): (String, Option<Value>) = if has_write && !has_result {
+            ("I'll create the file.".into(), Some(args))
         } else if has_write {
-            (FINAL_TEXT.into(), vec![])
+            (FINAL_TEXT.into(), None)
         } else if structured {
-            (
-                json!({"title": "Lynkr end-to-end test"}).to_string(),
-                vec![],
-            )
+            (json!({"title": "Lynkr end-to-end test"}).to_string(), None)
         } else {
-            ("OK".into(), vec![])
+            ("OK".into(), None)
         };
-        if !stream {
-            let tool_calls = if calls.is_empty() {
-                Value::Null
-            } else {
-                Value::Array(calls.iter().map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})).collect())
-            };
-            let finish = if calls.is_empty() {
-                "stop"
-            } else {
-                "tool_calls"
-            };
-            return Reply::Json {
-                status: 200,
-                body: completion_json(&text, finish, tool_calls),
-                headers: vec![],
-            };
-        }
-        let pieces = if calls.is_empty() {
-            let words: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
-            text_stream(&words.iter().map(String::as_str).collect::<Vec<_>>())
-        } else {
-            let calls: Vec<(&str, &str, &str)> = calls
-                .iter()
-                .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
-                .collect();
-            tool_stream(&text, &calls, 7)
-        };
-        Reply::Sse {
-            pieces,
-            delay: Duration::from_millis(1),
+        match (wire, stream) {
+            (Wire::Openai, false) => {
+                let tool_calls = call.as_ref().map_or(Value::Null, |a| {
+                    json!([{"id": "call_write_1", "type": "function", "function": {"name": "Write", "arguments": a.to_string()}}])
+                });
+                let finish = if call.is_some() { "tool_calls" } else { "stop" };
+                Reply::Json {
+                    status: 200,
+                    body: completion_json(&text, finish, tool_calls),
+                    headers: vec![],
+                }
+            }
+            (Wire::Openai, true) => {
+                let pieces = match &call {
+                    None => {
+                        let words: Vec<&str> = text.split_inclusive(' ').collect();
+                        text_stream(&words)
+                    }
+                    Some(a) => tool_stream(&text, &[("call_write_1", "Write", &a.to_string())], 7),
+                };
+                Reply::Sse {
+                    pieces,
+                    delay: Duration::from_millis(1),
+                }
+            }
+            (Wire::Anthropic, true) => {
+                let input = call.as_ref().map(|a| a.to_string());
+                let calls: Vec<(&str, &str, &str)> = input
+                    .iter()
+                    .map(|i| ("toolu_write_1", "Write", i.as_str()))
+                    .collect();
+                Reply::Sse {
+                    pieces: anthropic_stream(&text, &calls),
+                    delay: Duration::from_millis(1),
+                }
+            }
+            (Wire::Anthropic, false) => {
+                let mut content = vec![json!({"type": "text", "text": text})];
+                if let Some(a) = &call {
+                    content.push(json!({"type": "tool_use", "id": "toolu_write_1", "name": "Write", "input": a}));
+                }
+                let stop = if call.is_some() {
+                    "tool_use"
+                } else {
+                    "end_turn"
+                };
+                let body = json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": "m", "content": content,
+                    "stop_reason": stop, "stop_sequence": null, "usage": {"input_tokens": 10, "output_tokens": 5}});
+                Reply::Json {
+                    status: 200,
+                    body: body.to_string(),
+                    headers: vec![],
+                }
+            }
+            (Wire::Ollama, true) => {
+                let calls: Vec<(&str, Value)> = call.iter().map(|a| ("Write", a.clone())).collect();
+                Reply::Ndjson {
+                    lines: ollama_stream(&text, &calls),
+                }
+            }
+            (Wire::Ollama, false) => {
+                let mut message = json!({"role": "assistant", "content": text});
+                if let Some(a) = &call {
+                    message["tool_calls"] =
+                        json!([{"function": {"name": "Write", "arguments": a}}]);
+                }
+                let body = json!({"model": "q", "message": message, "done": true, "done_reason": "stop",
+                    "prompt_eval_count": 10, "eval_count": 5});
+                Reply::Json {
+                    status: 200,
+                    body: body.to_string(),
+                    headers: vec![],
+                }
+            }
         }
     }
 }
 
-#[tokio::test]
-async fn claude_code_writes_a_file_through_lynkr() {
+/// Run Claude Code in print mode through a gateway configured with
+/// `provider_yaml`, against a mock speaking `wire`; check the file it wrote,
+/// its final text, and that the tool result went back upstream.
+async fn claude_code_writes_a_file(
+    wire: Wire,
+    provider_yaml: impl Fn(std::net::SocketAddr) -> String,
+) {
     let work = scratch_dir("cc-work");
     let home = scratch_dir("cc-home");
     let target = work.join("hello.txt");
-    let mock = MockUpstream::start(script(target.clone())).await;
-    let gw = Gateway::start(&openai_provider(mock.addr), &[MOCK_KEY]);
+    let mock = MockUpstream::start(script(target.clone(), wire)).await;
+    let gw = Gateway::start(&provider_yaml(mock.addr), &[MOCK_KEY]);
     let bin = claude_bin();
     let base = gw.base.clone();
     let (work2, home2) = (work.clone(), home.clone());
@@ -126,11 +187,7 @@ async fn claude_code_writes_a_file_through_lynkr() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let context = || {
-        format!(
-            "stdout:\n{stdout}\nstderr:\n{stderr}\nupstream saw {} requests\ngateway log:\n{}",
-            mock.requests().len(),
-            gw.log()
-        )
+        format!("{wire:?}\nstdout:\n{stdout}\nstderr:\n{stderr}\nupstream saw {} requests\ngateway log:\n{}", mock.requests().len(), gw.log())
     };
     assert!(out.status.success(), "claude failed\n{}", context());
     let result: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
@@ -148,24 +205,45 @@ async fn claude_code_writes_a_file_through_lynkr() {
         "{}",
         context()
     );
-    // The tool result went back upstream as an OpenAI tool message.
+    // The tool result went back upstream in the provider's own form.
     let followup = mock
         .requests()
         .into_iter()
-        .find(|r| {
-            r.body["messages"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"))
+        .filter_map(|r| r.body["messages"].as_array().cloned())
+        .flatten()
+        .find(|m| {
+            m["role"] == "tool"
+                || m["content"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "tool_result"))
         })
-        .expect("a follow-up with the tool result");
-    let tool_msg = followup.body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["role"] == "tool")
-        .unwrap()
-        .clone();
-    assert_eq!(tool_msg["tool_call_id"], "call_write_1");
+        .expect("a follow-up carrying the tool result");
+    match wire {
+        Wire::Openai => assert_eq!(followup["tool_call_id"], "call_write_1"),
+        Wire::Ollama => assert_eq!(followup["tool_name"], "Write"),
+        Wire::Anthropic => assert_eq!(followup["content"][0]["tool_use_id"], "toolu_write_1"),
+    }
     let _ = std::fs::remove_dir_all(&home);
     let _ = std::fs::remove_dir_all(&work);
+}
+
+#[tokio::test]
+async fn claude_code_writes_a_file_through_an_openai_provider() {
+    claude_code_writes_a_file(Wire::Openai, openai_provider).await;
+}
+
+#[tokio::test]
+async fn claude_code_writes_a_file_through_the_anthropic_passthrough() {
+    claude_code_writes_a_file(Wire::Anthropic, |addr| {
+        format!("providers:\n  native: {{kind: anthropic, base_url: 'http://{addr}', api_key_env: MOCK_OPENAI_KEY}}\nmodels: {{default: native}}\n")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn claude_code_writes_a_file_through_ollama() {
+    claude_code_writes_a_file(Wire::Ollama, |addr| {
+        format!("providers:\n  ollama: {{kind: ollama, base_url: 'http://{addr}', model: 'qwen3-coder:30b'}}\nmodels: {{default: ollama}}\n")
+    })
+    .await;
 }

@@ -4,5 +4,5 @@
 mod claude_code;
 mod common;
 mod gateway;
-mod sdk;
 mod providers;
+mod sdk;

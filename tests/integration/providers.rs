@@ -10,7 +10,10 @@ async fn post_with(gw: &Gateway, body: &Value, headers: &[(&str, &str)]) -> reqw
         .post(gw.url("/v1/messages?beta=true"))
         .header("x-api-key", "client-key-must-not-leak")
         .header("anthropic-version", "2023-06-01")
-        .header("anthropic-beta", "interleaved-thinking-2025-05-14,context-management-2025-06-27");
+        .header(
+            "anthropic-beta",
+            "interleaved-thinking-2025-05-14,context-management-2025-06-27",
+        );
     for (k, v) in headers {
         rb = rb.header(*k, *v);
     }
@@ -24,7 +27,11 @@ fn user(text: &str, stream: bool) -> Value {
 }
 
 fn last_text(r: &Recorded) -> String {
-    r.body["messages"].as_array().and_then(|m| m.last()).map(|m| m["content"].to_string()).unwrap_or_default()
+    r.body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .map(|m| m["content"].to_string())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -52,14 +59,27 @@ async fn anthropic_passthrough_forwards_body_headers_and_stream_unchanged() {
     // Streaming: the bytes arrive exactly as the upstream sent them.
     let resp = post_with(&gw, &user("hello", true), &[]).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["x-lynkr-route"], "default/claude/claude-sonnet-4-5");
+    assert_eq!(
+        resp.headers()["x-lynkr-route"],
+        "default/claude/claude-sonnet-4-5"
+    );
     let body = resp.text().await.unwrap();
-    assert_eq!(body, anthropic_stream("native answer", &[("toolu_1", "Read", "{\"file_path\":\"/a\"}")]).concat());
+    assert_eq!(
+        body,
+        anthropic_stream(
+            "native answer",
+            &[("toolu_1", "Read", "{\"file_path\":\"/a\"}")]
+        )
+        .concat()
+    );
     let up = mock.last();
     assert_eq!(up.path, "/v1/messages");
     assert_eq!(up.header("x-api-key"), Some("sk-ant-upstream"));
     assert_eq!(up.header("anthropic-version"), Some("2023-06-01"));
-    assert_eq!(up.header("anthropic-beta"), Some("interleaved-thinking-2025-05-14,context-management-2025-06-27"));
+    assert_eq!(
+        up.header("anthropic-beta"),
+        Some("interleaved-thinking-2025-05-14,context-management-2025-06-27")
+    );
     assert_eq!(up.header("authorization"), None);
     // Minimal change: cache_control and everything else kept.
     assert_eq!(up.body["system"], user("hello", true)["system"]);
@@ -69,7 +89,10 @@ async fn anthropic_passthrough_forwards_body_headers_and_stream_unchanged() {
     let mut req = user("hello", false);
     req["model"] = json!("claude-opus-4-8");
     let resp = post_with(&gw, &req, &[]).await;
-    assert_eq!(resp.headers()["x-lynkr-route"], "model:claude-opus-*/claude/claude-opus-upstream");
+    assert_eq!(
+        resp.headers()["x-lynkr-route"],
+        "model:claude-opus-*/claude/claude-opus-upstream"
+    );
     let msg: Value = resp.json().await.unwrap();
     assert_eq!(msg["content"][0]["text"], "native json");
     assert_eq!(mock.last().body["model"], "claude-opus-upstream");
@@ -78,10 +101,18 @@ async fn anthropic_passthrough_forwards_body_headers_and_stream_unchanged() {
     let resp = post_with(&gw, &user("overloaded", false), &[]).await;
     assert_eq!(resp.status(), 529);
     let err: Value = resp.json().await.unwrap();
-    assert_eq!(err["error"], json!({"type": "overloaded_error", "message": "Overloaded"}));
+    assert_eq!(
+        err["error"],
+        json!({"type": "overloaded_error", "message": "Overloaded"})
+    );
 
     // count_tokens is forwarded to the provider that has it.
-    let resp = client().post(gw.url("/v1/messages/count_tokens?beta=true")).body(fixture_body("04")).send().await.unwrap();
+    let resp = client()
+        .post(gw.url("/v1/messages/count_tokens?beta=true"))
+        .body(fixture_body("04"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.json::<Value>().await.unwrap()["input_tokens"], 4242);
     assert_eq!(mock.last().path, "/v1/messages/count_tokens");
@@ -91,22 +122,45 @@ async fn anthropic_passthrough_forwards_body_headers_and_stream_unchanged() {
 async fn ollama_native_chat_json_ndjson_and_errors() {
     let mock = MockUpstream::start(|r| {
         if last_text(r).contains("missing") {
-            return Reply::Json { status: 404, body: json!({"error": "model \"nope\" not found, try pulling it first"}).to_string(), headers: vec![] };
+            return Reply::Json {
+                status: 404,
+                body: json!({"error": "model \"nope\" not found, try pulling it first"})
+                    .to_string(),
+                headers: vec![],
+            };
         }
         if r.body["stream"] == true {
-            Reply::Ndjson { lines: ollama_stream("local model says hi", &[("Bash", json!({"command": "ls"}))]) }
+            Reply::Ndjson {
+                lines: ollama_stream("local model says hi", &[("Bash", json!({"command": "ls"}))]),
+            }
         } else {
-            Reply::Json { status: 200, body: ollama_message("local json"), headers: vec![] }
+            Reply::Json {
+                status: 200,
+                body: ollama_message("local json"),
+                headers: vec![],
+            }
         }
     })
     .await;
     let config = format!("providers:\n  ollama: {{kind: ollama, base_url: 'http://{}', model: 'qwen3:8b'}}\nmodels: {{default: ollama}}\n", mock.addr);
     let gw = Gateway::start(&config, &[]);
 
-    let events = sse_events(&post_with(&gw, &user("hi", true), &[]).await.text().await.unwrap());
-    let text: String = events.iter().filter_map(|(_, v)| v["delta"]["text"].as_str()).collect();
+    let events = sse_events(
+        &post_with(&gw, &user("hi", true), &[])
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    let text: String = events
+        .iter()
+        .filter_map(|(_, v)| v["delta"]["text"].as_str())
+        .collect();
     assert_eq!(text, "local model says hi");
-    let tool = events.iter().find(|(_, v)| v["content_block"]["type"] == "tool_use").expect("a tool_use block");
+    let tool = events
+        .iter()
+        .find(|(_, v)| v["content_block"]["type"] == "tool_use")
+        .expect("a tool_use block");
     assert_eq!(tool.1["content_block"]["name"], "Bash");
     let delta = events.iter().find(|(n, _)| n == "message_delta").unwrap();
     assert_eq!(delta.1["delta"]["stop_reason"], "tool_use");
@@ -114,22 +168,37 @@ async fn ollama_native_chat_json_ndjson_and_errors() {
     let up = mock.last();
     assert_eq!(up.path, "/api/chat");
     assert_eq!(up.body["model"], "qwen3:8b");
-    assert_eq!(up.body["messages"][0], json!({"role": "system", "content": "sys"}));
+    assert_eq!(
+        up.body["messages"][0],
+        json!({"role": "system", "content": "sys"})
+    );
     assert_eq!(up.body["options"]["num_predict"], 512);
 
-    let msg: Value = post_with(&gw, &user("hi", false), &[]).await.json().await.unwrap();
+    let msg: Value = post_with(&gw, &user("hi", false), &[])
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(msg["content"][0]["text"], "local json");
 
     let resp = post_with(&gw, &user("missing", false), &[]).await;
     assert_eq!(resp.status(), 404);
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["error"]["type"], "not_found_error");
-    assert!(err["error"]["message"].as_str().unwrap().contains("try pulling it first"));
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("try pulling it first"));
 }
 
 #[tokio::test]
 async fn openai_presets_azure_openrouter_databricks() {
-    let mock = MockUpstream::start(|_| Reply::Json { status: 200, body: completion_json("ok", "stop", Value::Null), headers: vec![] }).await;
+    let mock = MockUpstream::start(|_| Reply::Json {
+        status: 200,
+        body: completion_json("ok", "stop", Value::Null),
+        headers: vec![],
+    })
+    .await;
     let a = mock.addr;
     let config = format!(
         "providers:\n\
@@ -138,13 +207,23 @@ async fn openai_presets_azure_openrouter_databricks() {
          \x20 databricks: {{preset: databricks, base_url: 'http://{a}/serving-endpoints/claude-db/invocations', api_key_env: DB_KEY, model: claude-db}}\n\
          models:\n  default: azure\n  routes:\n    - {{match: or, target: openrouter}}\n    - {{match: db, target: databricks}}\n"
     );
-    let gw = Gateway::start(&config, &[("AZ_KEY", "az-secret"), ("OR_KEY", "or-secret"), ("DB_KEY", "dapi-secret")]);
+    let gw = Gateway::start(
+        &config,
+        &[
+            ("AZ_KEY", "az-secret"),
+            ("OR_KEY", "or-secret"),
+            ("DB_KEY", "dapi-secret"),
+        ],
+    );
     let mut req = user("x", false);
     req["thinking"] = json!({"type": "enabled", "budget_tokens": 2048});
 
     assert_eq!(post_with(&gw, &req, &[]).await.status(), 200);
     let up = mock.last();
-    assert_eq!(up.path, "/openai/deployments/gpt4o-prod/chat/completions?api-version=2025-01-01");
+    assert_eq!(
+        up.path,
+        "/openai/deployments/gpt4o-prod/chat/completions?api-version=2025-01-01"
+    );
     assert_eq!(up.header("api-key"), Some("az-secret"));
     assert_eq!(up.header("authorization"), None);
     assert_eq!(up.body["max_completion_tokens"], 512);
@@ -171,13 +250,29 @@ async fn openai_presets_azure_openrouter_databricks() {
 #[tokio::test]
 async fn fallback_chain_walks_on_failures_before_the_first_byte() {
     let bad = MockUpstream::start(|r| match last_text(r).as_str() {
-        s if s.contains("429") => Reply::Json { status: 429, body: json!({"error": {"message": "slow down"}}).to_string(), headers: vec![] },
-        s if s.contains("400") => Reply::Json { status: 400, body: json!({"error": {"message": "bad field"}}).to_string(), headers: vec![] },
+        s if s.contains("429") => Reply::Json {
+            status: 429,
+            body: json!({"error": {"message": "slow down"}}).to_string(),
+            headers: vec![],
+        },
+        s if s.contains("400") => Reply::Json {
+            status: 400,
+            body: json!({"error": {"message": "bad field"}}).to_string(),
+            headers: vec![],
+        },
         s if s.contains("close") => Reply::Close,
-        _ => Reply::Json { status: 503, body: json!({"error": {"message": "unavailable"}}).to_string(), headers: vec![] },
+        _ => Reply::Json {
+            status: 503,
+            body: json!({"error": {"message": "unavailable"}}).to_string(),
+            headers: vec![],
+        },
     })
     .await;
-    let good = MockUpstream::start(|_| Reply::Sse { pieces: text_stream(&["from backup"]), delay: Duration::ZERO }).await;
+    let good = MockUpstream::start(|_| Reply::Sse {
+        pieces: text_stream(&["from backup"]),
+        delay: Duration::ZERO,
+    })
+    .await;
     let dead = free_port();
     let config = format!(
         "providers:\n\
@@ -201,14 +296,30 @@ async fn fallback_chain_walks_on_failures_before_the_first_byte() {
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.headers()["x-lynkr-route"], "default/bad/b");
     assert_eq!(good.requests().len(), 3);
-    assert!(gw.log_contains("\"attempts\":3"), "the access log counts attempts");
-    assert!(gw.log_contains("\"attempts\":2"), "the access log counts attempts");
+    assert!(
+        gw.log_contains("\"attempts\":3"),
+        "the access log counts attempts"
+    );
+    assert!(
+        gw.log_contains("\"attempts\":2"),
+        "the access log counts attempts"
+    );
 }
 
 #[tokio::test]
 async fn capabilities_route_around_or_refuse() {
-    let a = MockUpstream::start(|_| Reply::Json { status: 200, body: completion_json("from a", "stop", Value::Null), headers: vec![] }).await;
-    let b = MockUpstream::start(|_| Reply::Json { status: 200, body: completion_json("from b", "stop", Value::Null), headers: vec![] }).await;
+    let a = MockUpstream::start(|_| Reply::Json {
+        status: 200,
+        body: completion_json("from a", "stop", Value::Null),
+        headers: vec![],
+    })
+    .await;
+    let b = MockUpstream::start(|_| Reply::Json {
+        status: 200,
+        body: completion_json("from b", "stop", Value::Null),
+        headers: vec![],
+    })
+    .await;
     let config = format!(
         "providers:\n\
          \x20 a: {{base_url: 'http://{}/v1', model: a, capabilities: {{tools: false, vision: false, context_window: 1000}}}}\n\
@@ -218,28 +329,57 @@ async fn capabilities_route_around_or_refuse() {
     );
     let gw = Gateway::start(&config, &[]);
     let text_of = |v: Value| v["content"][0]["text"].as_str().unwrap().to_string();
-    assert_eq!(text_of(post_with(&gw, &user("plain", false), &[]).await.json().await.unwrap()), "from a");
+    assert_eq!(
+        text_of(
+            post_with(&gw, &user("plain", false), &[])
+                .await
+                .json()
+                .await
+                .unwrap()
+        ),
+        "from a"
+    );
     let mut tools = user("tools", false);
     tools["tools"] = json!([{"name": "Read", "input_schema": {"type": "object"}}]);
-    assert_eq!(text_of(post_with(&gw, &tools, &[]).await.json().await.unwrap()), "from b");
+    assert_eq!(
+        text_of(post_with(&gw, &tools, &[]).await.json().await.unwrap()),
+        "from b"
+    );
     let mut image = user("img", false);
     image["messages"][0]["content"] = json!([{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA"}}]);
-    assert_eq!(text_of(post_with(&gw, &image, &[]).await.json().await.unwrap()), "from b");
+    assert_eq!(
+        text_of(post_with(&gw, &image, &[]).await.json().await.unwrap()),
+        "from b"
+    );
     let big = user(&"word ".repeat(2000), false);
-    assert_eq!(text_of(post_with(&gw, &big, &[]).await.json().await.unwrap()), "from b");
+    assert_eq!(
+        text_of(post_with(&gw, &big, &[]).await.json().await.unwrap()),
+        "from b"
+    );
 
     tools["model"] = json!("only-a");
     let resp = post_with(&gw, &tools, &[]).await;
     assert_eq!(resp.status(), 400);
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["error"]["type"], "invalid_request_error");
-    assert!(err["error"]["message"].as_str().unwrap().contains("a lacks tools"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a lacks tools"),
+        "{err}"
+    );
     assert_eq!(a.requests().len(), 1);
 }
 
 #[tokio::test]
 async fn claude_code_aware_routes_and_affinity_end_to_end() {
-    let mock = MockUpstream::start(|_| Reply::Json { status: 200, body: completion_json("ok", "stop", Value::Null), headers: vec![] }).await;
+    let mock = MockUpstream::start(|_| Reply::Json {
+        status: 200,
+        body: completion_json("ok", "stop", Value::Null),
+        headers: vec![],
+    })
+    .await;
     let m = mock.addr;
     let config = format!(
         "providers:\n\
@@ -252,20 +392,42 @@ async fn claude_code_aware_routes_and_affinity_end_to_end() {
          \x20 web_search: main:search-model\n  rules: [{{name: tool-heavy, min_tools: 20, targets: main:tools-model}}]\n"
     );
     let gw = Gateway::start(&config, &[]);
-    let route = |resp: &reqwest::Response| resp.headers()["x-lynkr-route"].to_str().unwrap().to_string();
+    let route = |resp: &reqwest::Response| {
+        resp.headers()["x-lynkr-route"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
 
     let mut haiku = user("title please", false);
     haiku["model"] = json!("claude-haiku-4-5-20251001");
-    assert_eq!(route(&post_with(&gw, &haiku, &[]).await), "background/cheap/cheap-model");
+    assert_eq!(
+        route(&post_with(&gw, &haiku, &[]).await),
+        "background/cheap/cheap-model"
+    );
     let mut think = user("think", false);
     think["thinking"] = json!({"type": "enabled", "budget_tokens": 4000});
-    assert_eq!(route(&post_with(&gw, &think, &[]).await), "think/main/thinking-model");
+    assert_eq!(
+        route(&post_with(&gw, &think, &[]).await),
+        "think/main/thinking-model"
+    );
     let mut search = user("search", false);
     search["tools"] = json!([{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]);
-    assert_eq!(route(&post_with(&gw, &search, &[]).await), "web_search/main/search-model");
-    assert_eq!(route(&post_with(&gw, &user(&"long ".repeat(6000), false), &[]).await), "long_context/main/long-model");
+    assert_eq!(
+        route(&post_with(&gw, &search, &[]).await),
+        "web_search/main/search-model"
+    );
+    assert_eq!(
+        route(&post_with(&gw, &user(&"long ".repeat(6000), false), &[]).await),
+        "long_context/main/long-model"
+    );
     // The real Claude Code request (24 tools) meets the tool-heavy rule.
-    let resp = client().post(gw.url("/v1/messages?beta=true")).body(fixture_body("01")).send().await.unwrap();
+    let resp = client()
+        .post(gw.url("/v1/messages?beta=true"))
+        .body(fixture_body("01"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(route(&resp), "rule:tool-heavy/main/tools-model");
     assert_eq!(mock.last().body["model"], "tools-model");
 
@@ -281,5 +443,8 @@ async fn claude_code_aware_routes_and_affinity_end_to_end() {
         seen.insert(first);
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
-    assert!(gw.log_contains("\"route\":\"background/cheap/cheap-model\""), "the decision is logged");
+    assert!(
+        gw.log_contains("\"route\":\"background/cheap/cheap-model\""),
+        "the decision is logged"
+    );
 }

@@ -21,7 +21,11 @@ pub fn endpoints(base_url: &str) -> Result<(Endpoint, Endpoint), String> {
     let mut url = url::Url::parse(base_url).map_err(|e| format!("not a URL: {e}"))?;
     let path = url.path().trim_end_matches('/').to_string();
     if !path.ends_with("/messages") {
-        let suffix = if path.ends_with("/v1") { "/messages" } else { "/v1/messages" };
+        let suffix = if path.ends_with("/v1") {
+            "/messages"
+        } else {
+            "/v1/messages"
+        };
         url.set_path(&format!("{path}{suffix}"));
     }
     let messages = Endpoint::from_url(&url)?;
@@ -32,7 +36,11 @@ pub fn endpoints(base_url: &str) -> Result<(Endpoint, Endpoint), String> {
 
 /// The client's body with `model` replaced (and `max_tokens` capped). Only
 /// the top level is parsed; everything else is copied as raw JSON.
-pub fn rewrite_body(raw: &[u8], model: &str, max_tokens_cap: Option<u64>) -> Result<Bytes, ApiError> {
+pub fn rewrite_body(
+    raw: &[u8],
+    model: &str,
+    max_tokens_cap: Option<u64>,
+) -> Result<Bytes, ApiError> {
     let mut top: BTreeMap<Cow<str>, &RawValue> = serde_json::from_slice(raw)
         .map_err(|e| ApiError::invalid(format!("body: invalid JSON: {e}")))?;
     let model_json = serde_json::to_string(model).expect("a string serializes");
@@ -54,8 +62,16 @@ pub fn rewrite_body(raw: &[u8], model: &str, max_tokens_cap: Option<u64>) -> Res
 
 /// `anthropic-version` (the client's, else the provider's default) and
 /// `anthropic-beta` go upstream; the client's own key never does.
-pub fn forward_headers(client: &http::HeaderMap, default_version: &str) -> Vec<(&'static str, String)> {
-    let get = |name: &str| client.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+pub fn forward_headers(
+    client: &http::HeaderMap,
+    default_version: &str,
+) -> Vec<(&'static str, String)> {
+    let get = |name: &str| {
+        client
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let mut headers = vec![(
         "anthropic-version",
         get("anthropic-version").unwrap_or_else(|| default_version.to_string()),
@@ -91,14 +107,19 @@ impl RawUsage {
         u.cache_creation_input_tokens = self
             .cache_creation_input_tokens
             .unwrap_or(u.cache_creation_input_tokens);
-        u.cache_read_input_tokens = self.cache_read_input_tokens.unwrap_or(u.cache_read_input_tokens);
+        u.cache_read_input_tokens = self
+            .cache_read_input_tokens
+            .unwrap_or(u.cache_read_input_tokens);
     }
 }
 
 /// Usage of a whole Anthropic message, for the access log.
 pub fn usage_of(body: &[u8]) -> Usage {
     let mut u = Usage::default();
-    if let Some(raw) = serde_json::from_slice::<UsageOnly>(body).ok().and_then(|b| b.usage) {
+    if let Some(raw) = serde_json::from_slice::<UsageOnly>(body)
+        .ok()
+        .and_then(|b| b.usage)
+    {
         raw.merge_into(&mut u);
     }
     u
@@ -145,9 +166,9 @@ impl Passthrough {
 
     pub fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) -> Result<Progress, ApiError> {
         out.extend_from_slice(bytes);
-        self.parser
-            .feed(bytes, &mut self.events)
-            .map_err(|_| ApiError::api("upstream sent an oversized stream event").with_status(502))?;
+        self.parser.feed(bytes, &mut self.events).map_err(|_| {
+            ApiError::api("upstream sent an oversized stream event").with_status(502)
+        })?;
         for event in self.events.drain(..) {
             let Ok(head) = serde_json::from_str::<EventHead>(&event.data) else {
                 continue;
@@ -162,14 +183,21 @@ impl Passthrough {
                 self.done = true;
             }
         }
-        Ok(if self.done { Progress::Done } else { Progress::Continue })
+        Ok(if self.done {
+            Progress::Done
+        } else {
+            Progress::Continue
+        })
     }
 
     pub fn end_of_input(&mut self, _out: &mut BytesMut) -> Result<(), ApiError> {
         if self.done {
             Ok(())
         } else {
-            Err(ApiError::api("upstream stream ended before the response was complete").with_status(502))
+            Err(
+                ApiError::api("upstream stream ended before the response was complete")
+                    .with_status(502),
+            )
         }
     }
 }
@@ -181,7 +209,10 @@ mod tests {
     #[test]
     fn endpoints_from_base_or_full_url() {
         let (m, c) = endpoints("https://api.anthropic.com").unwrap();
-        assert_eq!((m.path.as_str(), c.path.as_str()), ("/v1/messages", "/v1/messages/count_tokens"));
+        assert_eq!(
+            (m.path.as_str(), c.path.as_str()),
+            ("/v1/messages", "/v1/messages/count_tokens")
+        );
         let (m, _) = endpoints("https://r.services.ai.azure.com/anthropic/v1/messages").unwrap();
         assert_eq!(m.path, "/anthropic/v1/messages");
         let (m, _) = endpoints("http://127.0.0.1:11434/v1").unwrap();
@@ -191,13 +222,15 @@ mod tests {
     #[test]
     fn body_is_kept_but_for_model_and_cap() {
         let raw = br#"{"model":"claude-opus-4-8","max_tokens":64000,"system":[{"type":"text","text":"a\nb","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":"hi"}]}"#;
-        let out: serde_json::Value = serde_json::from_slice(&rewrite_body(raw, "claude-x", Some(8192)).unwrap()).unwrap();
+        let out: serde_json::Value =
+            serde_json::from_slice(&rewrite_body(raw, "claude-x", Some(8192)).unwrap()).unwrap();
         let orig: serde_json::Value = serde_json::from_slice(raw).unwrap();
         assert_eq!(out["model"], "claude-x");
         assert_eq!(out["max_tokens"], 8192);
         assert_eq!(out["system"], orig["system"]);
         assert_eq!(out["messages"], orig["messages"]);
-        let out: serde_json::Value = serde_json::from_slice(&rewrite_body(raw, "m", None).unwrap()).unwrap();
+        let out: serde_json::Value =
+            serde_json::from_slice(&rewrite_body(raw, "m", None).unwrap()).unwrap();
         assert_eq!(out["max_tokens"], 64000);
     }
 
@@ -216,7 +249,8 @@ mod tests {
         assert_eq!(&out[..], stream.as_bytes());
         assert_eq!((p.usage().input_tokens, p.usage().output_tokens), (9, 5));
         let mut cut = Passthrough::new();
-        cut.feed(&stream.as_bytes()[..80], &mut BytesMut::new()).unwrap();
+        cut.feed(&stream.as_bytes()[..80], &mut BytesMut::new())
+            .unwrap();
         assert!(cut.end_of_input(&mut BytesMut::new()).is_err());
     }
 }

@@ -9,7 +9,9 @@ use super::openai::request::{ChatMessage, Part, UserContent};
 use super::openai::response::parse_arguments;
 use super::openai::OpenAiOptions;
 use super::{Capabilities, Endpoint, Progress};
-use crate::protocol::anthropic::{MessageResponse, MessagesRequest, ResponseBlock, StopReason, Usage};
+use crate::protocol::anthropic::{
+    MessageResponse, MessagesRequest, ResponseBlock, StopReason, Usage,
+};
 use crate::protocol::error::ApiError;
 use crate::protocol::sse::write_event;
 use crate::protocol::validate::parse_json;
@@ -68,7 +70,10 @@ pub fn to_ollama_request<'a>(
         messages.push(match m {
             ChatMessage::System { content } => message("system", content),
             ChatMessage::User { content } => user_message(content)?,
-            ChatMessage::Assistant { content, tool_calls } => {
+            ChatMessage::Assistant {
+                content,
+                tool_calls,
+            } => {
                 let mut msg = message("assistant", content.unwrap_or_default());
                 for call in tool_calls {
                     call_names.push((call.id, call.function.name.to_string()));
@@ -79,7 +84,10 @@ pub fn to_ollama_request<'a>(
                 }
                 msg
             }
-            ChatMessage::Tool { tool_call_id, content } => {
+            ChatMessage::Tool {
+                tool_call_id,
+                content,
+            } => {
                 let mut msg = message("tool", content);
                 msg.tool_name = call_names
                     .iter()
@@ -110,7 +118,10 @@ pub fn to_ollama_request<'a>(
     }
     let thinking = matches!(
         req.thinking,
-        Some(crate::protocol::anthropic::Thinking::Enabled { .. } | crate::protocol::anthropic::Thinking::Adaptive)
+        Some(
+            crate::protocol::anthropic::Thinking::Enabled { .. }
+                | crate::protocol::anthropic::Thinking::Adaptive
+        )
     );
     Ok(OllamaRequest {
         model,
@@ -147,7 +158,9 @@ fn user_message(content: UserContent<'_>) -> Result<OllamaMessage<'_>, ApiError>
         match part {
             Part::Text { text } => texts.push(text),
             Part::ImageUrl { image_url } => match image_url.url.split_once(";base64,") {
-                Some((_, data)) if image_url.url.starts_with("data:") => images.push(data.to_string()),
+                Some((_, data)) if image_url.url.starts_with("data:") => {
+                    images.push(data.to_string())
+                }
                 _ => {
                     return Err(ApiError::invalid(
                         "messages: Ollama takes images as base64 only, not URLs",
@@ -155,7 +168,9 @@ fn user_message(content: UserContent<'_>) -> Result<OllamaMessage<'_>, ApiError>
                 }
             },
             Part::File { .. } => {
-                return Err(ApiError::invalid("messages: Ollama does not take PDF documents"))
+                return Err(ApiError::invalid(
+                    "messages: Ollama does not take PDF documents",
+                ))
             }
         }
     }
@@ -236,15 +251,25 @@ fn arguments_object(v: Value) -> Value {
 /// A whole `/api/chat` response (`stream: false`).
 pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, ApiError> {
     let chunk: OllamaChunk = parse_json(body).map_err(|e| {
-        ApiError::api(format!("upstream returned an invalid chat response: {}", e.message)).with_status(502)
+        ApiError::api(format!(
+            "upstream returned an invalid chat response: {}",
+            e.message
+        ))
+        .with_status(502)
     })?;
     if let Some(err) = chunk.error {
         return Err(ApiError::api(err).with_status(502));
     }
     let mut content = Vec::new();
     let out = chunk.message.as_ref();
-    if let Some(t) = out.and_then(|m| m.thinking.clone()).filter(|t| !t.is_empty()) {
-        content.push(ResponseBlock::Thinking { thinking: t, signature: String::new() });
+    if let Some(t) = out
+        .and_then(|m| m.thinking.clone())
+        .filter(|t| !t.is_empty())
+    {
+        content.push(ResponseBlock::Thinking {
+            thinking: t,
+            signature: String::new(),
+        });
     }
     if let Some(text) = out.map(|m| m.content.clone()).filter(|t| !t.is_empty()) {
         content.push(ResponseBlock::Text { text });
@@ -326,7 +351,11 @@ impl StreamTranslator {
         if self.buf.len() > MAX_LINE_BYTES {
             return Err(ApiError::api("upstream sent an oversized stream line").with_status(502));
         }
-        Ok(if self.done { Progress::Done } else { Progress::Continue })
+        Ok(if self.done {
+            Progress::Done
+        } else {
+            Progress::Continue
+        })
     }
 
     pub fn end_of_input(&mut self, out: &mut BytesMut) -> Result<(), ApiError> {
@@ -340,7 +369,10 @@ impl StreamTranslator {
         if self.done {
             Ok(())
         } else {
-            Err(ApiError::api("upstream stream ended before the response was complete").with_status(502))
+            Err(
+                ApiError::api("upstream stream ended before the response was complete")
+                    .with_status(502),
+            )
         }
     }
 
@@ -351,16 +383,29 @@ impl StreamTranslator {
         self.start(out);
         if let Some(m) = &chunk.message {
             if let Some(t) = m.thinking.as_deref().filter(|t| !t.is_empty()) {
-                self.delta(Block::Thinking, json!({"type": "thinking_delta", "thinking": t}), out);
+                self.delta(
+                    Block::Thinking,
+                    json!({"type": "thinking_delta", "thinking": t}),
+                    out,
+                );
             }
             if !m.content.is_empty() {
-                self.delta(Block::Text, json!({"type": "text_delta", "text": m.content}), out);
+                self.delta(
+                    Block::Text,
+                    json!({"type": "text_delta", "text": m.content}),
+                    out,
+                );
             }
         }
         let calls = chunk.message.as_ref().map_or(Vec::new(), |m| {
             m.tool_calls
                 .iter()
-                .map(|c| (c.function.name.clone(), arguments_object(c.function.arguments.clone())))
+                .map(|c| {
+                    (
+                        c.function.name.clone(),
+                        arguments_object(c.function.arguments.clone()),
+                    )
+                })
                 .collect()
         });
         for (name, args) in calls {
@@ -373,15 +418,23 @@ impl StreamTranslator {
             let delta = json!({"type": "content_block_delta", "index": index,
                 "delta": {"type": "input_json_delta", "partial_json": args.to_string()}});
             write_event(out, "content_block_delta", &delta);
-            write_event(out, "content_block_stop", &json!({"type": "content_block_stop", "index": index}));
+            write_event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            );
             self.next_index += 1;
         }
         if chunk.done {
             self.close(out);
             self.usage = chunk.usage();
             let stop = chunk.stop_reason(self.saw_tool_call);
-            write_event(out, "message_delta", &json!({"type": "message_delta",
-                "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": self.usage}));
+            write_event(
+                out,
+                "message_delta",
+                &json!({"type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": self.usage}),
+            );
             write_event(out, "message_stop", &json!({"type": "message_stop"}));
             self.done = true;
         }
@@ -393,11 +446,15 @@ impl StreamTranslator {
             return;
         }
         self.started = true;
-        write_event(out, "message_start", &json!({"type": "message_start", "message": {
+        write_event(
+            out,
+            "message_start",
+            &json!({"type": "message_start", "message": {
             "id": format!("msg_lynkr_{:016x}", crate::util::unique_id()),
             "type": "message", "role": "assistant", "model": self.model, "content": [],
             "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 0, "output_tokens": 0}}}));
+            "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+        );
     }
 
     fn delta(&mut self, kind: Block, delta: Value, out: &mut BytesMut) {
@@ -407,17 +464,29 @@ impl StreamTranslator {
                 Block::Text => json!({"type": "text", "text": ""}),
                 Block::Thinking => json!({"type": "thinking", "thinking": "", "signature": ""}),
             };
-            write_event(out, "content_block_start", &json!({"type": "content_block_start",
-                "index": self.next_index, "content_block": block}));
+            write_event(
+                out,
+                "content_block_start",
+                &json!({"type": "content_block_start",
+                "index": self.next_index, "content_block": block}),
+            );
             self.open = Some(kind);
         }
-        write_event(out, "content_block_delta", &json!({"type": "content_block_delta",
-            "index": self.next_index, "delta": delta}));
+        write_event(
+            out,
+            "content_block_delta",
+            &json!({"type": "content_block_delta",
+            "index": self.next_index, "delta": delta}),
+        );
     }
 
     fn close(&mut self, out: &mut BytesMut) {
         if self.open.take().is_some() {
-            write_event(out, "content_block_stop", &json!({"type": "content_block_stop", "index": self.next_index}));
+            write_event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": self.next_index}),
+            );
             self.next_index += 1;
         }
     }

@@ -2,7 +2,13 @@ use super::*;
 use crate::protocol::validate::parse_messages_request;
 
 fn caps(reasoning: bool, window: Option<u64>) -> Capabilities {
-    Capabilities { tools: true, vision: true, reasoning, max_output_tokens: None, context_window: window }
+    Capabilities {
+        tools: true,
+        vision: true,
+        reasoning,
+        max_output_tokens: None,
+        context_window: window,
+    }
 }
 
 #[test]
@@ -20,19 +26,43 @@ fn request_in_ollama_form() {
         ]
     });
     let req = parse_messages_request(body.to_string().as_bytes()).unwrap();
-    let out = serde_json::to_value(to_ollama_request(&req, "qwen3", &OpenAiOptions::default(), &caps(true, Some(32768))).unwrap()).unwrap();
+    let out = serde_json::to_value(
+        to_ollama_request(
+            &req,
+            "qwen3",
+            &OpenAiOptions::default(),
+            &caps(true, Some(32768)),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     assert_eq!(out["model"], "qwen3");
     assert_eq!(out["stream"], true);
     assert_eq!(out["think"], true);
-    assert_eq!(out["options"], json!({"num_predict": 500, "temperature": 0.2, "stop": ["END"], "num_ctx": 32768}));
+    assert_eq!(
+        out["options"],
+        json!({"num_predict": 500, "temperature": 0.2, "stop": ["END"], "num_ctx": 32768})
+    );
     assert_eq!(out["tools"][0]["function"]["name"], "Read");
     let m = &out["messages"];
     assert_eq!(m[0], json!({"role": "system", "content": "sys"}));
-    assert_eq!(m[1], json!({"role": "user", "content": "look", "images": ["QUJD"]}));
-    assert_eq!(m[2]["tool_calls"][0], json!({"function": {"name": "Read", "arguments": {"p": "a"}}}));
-    assert_eq!(m[3], json!({"role": "tool", "content": "file text", "tool_name": "Read"}));
+    assert_eq!(
+        m[1],
+        json!({"role": "user", "content": "look", "images": ["QUJD"]})
+    );
+    assert_eq!(
+        m[2]["tool_calls"][0],
+        json!({"function": {"name": "Read", "arguments": {"p": "a"}}})
+    );
+    assert_eq!(
+        m[3],
+        json!({"role": "tool", "content": "file text", "tool_name": "Read"})
+    );
     // No reasoning capability: no `think`.
-    let out = serde_json::to_value(to_ollama_request(&req, "q", &OpenAiOptions::default(), &caps(false, None)).unwrap()).unwrap();
+    let out = serde_json::to_value(
+        to_ollama_request(&req, "q", &OpenAiOptions::default(), &caps(false, None)).unwrap(),
+    )
+    .unwrap();
     assert!(out.get("think").is_none());
 }
 
@@ -41,7 +71,8 @@ fn url_images_are_refused() {
     let body = json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]}]});
     let req = parse_messages_request(body.to_string().as_bytes()).unwrap();
-    let err = to_ollama_request(&req, "q", &OpenAiOptions::default(), &caps(false, None)).unwrap_err();
+    let err =
+        to_ollama_request(&req, "q", &OpenAiOptions::default(), &caps(false, None)).unwrap_err();
     assert_eq!(err.status, 400);
 }
 
@@ -52,8 +83,12 @@ fn whole_response_with_tool_call() {
         "done": true, "done_reason": "stop", "prompt_eval_count": 30, "eval_count": 8});
     let msg = to_message(body.to_string().as_bytes(), "claude-x").unwrap();
     assert_eq!(msg.stop_reason, Some(StopReason::ToolUse));
-    assert!(matches!(&msg.content[0], ResponseBlock::Thinking { thinking, .. } if thinking == "hmm"));
-    assert!(matches!(&msg.content[1], ResponseBlock::ToolUse { name, input, .. } if name == "Bash" && input["command"] == "ls"));
+    assert!(
+        matches!(&msg.content[0], ResponseBlock::Thinking { thinking, .. } if thinking == "hmm")
+    );
+    assert!(
+        matches!(&msg.content[1], ResponseBlock::ToolUse { name, input, .. } if name == "Bash" && input["command"] == "ls")
+    );
     assert_eq!((msg.usage.input_tokens, msg.usage.output_tokens), (30, 8));
 }
 
@@ -65,7 +100,9 @@ fn events(out: &[u8]) -> Vec<(String, Value)> {
     let mut p = crate::protocol::sse::SseParser::new();
     let mut evs = Vec::new();
     p.feed(out, &mut evs).unwrap();
-    evs.into_iter().map(|e| (e.event.unwrap(), serde_json::from_str(&e.data).unwrap())).collect()
+    evs.into_iter()
+        .map(|e| (e.event.unwrap(), serde_json::from_str(&e.data).unwrap()))
+        .collect()
 }
 
 #[test]
@@ -85,9 +122,21 @@ fn ndjson_stream_to_anthropic_events() {
     assert_eq!(progress, Progress::Done);
     let ev = events(&out);
     let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["message_start", "content_block_start", "content_block_delta", "content_block_delta",
-        "content_block_stop", "content_block_start", "content_block_delta", "content_block_stop",
-        "message_delta", "message_stop"]);
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
     assert_eq!(ev[5].1["content_block"]["name"], "Write");
     assert_eq!(ev[6].1["delta"]["partial_json"], "{\"file_path\":\"/x\"}");
     assert_eq!(ev[8].1["delta"]["stop_reason"], "tool_use");
@@ -97,10 +146,27 @@ fn ndjson_stream_to_anthropic_events() {
 #[test]
 fn broken_ndjson_streams_are_errors() {
     let mut t = StreamTranslator::new("m");
-    assert!(t.feed(b"{\"message\":{\"content\":\"a\"}}\n{oops}\n", &mut BytesMut::new()).is_err());
+    assert!(t
+        .feed(
+            b"{\"message\":{\"content\":\"a\"}}\n{oops}\n",
+            &mut BytesMut::new()
+        )
+        .is_err());
     let mut t = StreamTranslator::new("m");
-    t.feed(b"{\"message\":{\"content\":\"a\"},\"done\":false}\n", &mut BytesMut::new()).unwrap();
+    t.feed(
+        b"{\"message\":{\"content\":\"a\"},\"done\":false}\n",
+        &mut BytesMut::new(),
+    )
+    .unwrap();
     assert!(t.end_of_input(&mut BytesMut::new()).is_err());
     let mut t = StreamTranslator::new("m");
-    assert_eq!(t.feed(b"{\"error\":\"model 'x' not found\"}\n", &mut BytesMut::new()).unwrap_err().message, "model 'x' not found");
+    assert_eq!(
+        t.feed(
+            b"{\"error\":\"model 'x' not found\"}\n",
+            &mut BytesMut::new()
+        )
+        .unwrap_err()
+        .message,
+        "model 'x' not found"
+    );
 }

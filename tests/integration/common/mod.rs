@@ -329,7 +329,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             Reply::Ndjson { lines } => {
-                if write_chunked(stream, "application/x-ndjson", &lines, Duration::ZERO).await.is_err()
+                if write_chunked(stream, "application/x-ndjson", &lines, Duration::ZERO)
+                    .await
+                    .is_err()
                     || stream.write_all(b"0\r\n\r\n").await.is_err()
                 {
                     return;
@@ -366,7 +368,9 @@ async fn write_chunked<S: AsyncWrite + Unpin>(
     pieces: &[String],
     delay: Duration,
 ) -> std::io::Result<()> {
-    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n");
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
     stream.write_all(head.as_bytes()).await?;
     for piece in pieces {
         if !delay.is_zero() {
@@ -584,23 +588,36 @@ fn rustls_pemfile_certs(
 /// An Anthropic SSE stream: optional text, then tool calls `(id, name, input JSON)`.
 pub fn anthropic_stream(text: &str, calls: &[(&str, &str, &str)]) -> Vec<String> {
     let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
-    let mut out = vec![ev("message_start", json!({"type": "message_start", "message": {
+    let mut out = vec![ev(
+        "message_start",
+        json!({"type": "message_start", "message": {
         "id": "msg_mock", "type": "message", "role": "assistant", "model": "claude-upstream", "content": [],
-        "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 25, "output_tokens": 1}}}))];
+        "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 25, "output_tokens": 1}}}),
+    )];
     let mut index = 0;
     if !text.is_empty() {
         out.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
         out.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})));
-        out.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+        out.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
         index = 1;
     }
     for (id, name, input) in calls {
         out.push(ev("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}})));
         out.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": input}})));
-        out.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": index})));
+        out.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
         index += 1;
     }
-    let stop = if calls.is_empty() { "end_turn" } else { "tool_use" };
+    let stop = if calls.is_empty() {
+        "end_turn"
+    } else {
+        "tool_use"
+    };
     out.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 9}})));
     out.push(ev("message_stop", json!({"type": "message_stop"})));
     out
@@ -617,14 +634,25 @@ pub fn anthropic_message(text: &str) -> String {
 pub fn ollama_stream(text: &str, calls: &[(&str, Value)]) -> Vec<String> {
     let mut out: Vec<String> = text
         .split_inclusive(' ')
-        .map(|w| format!("{}\n", json!({"model": "q", "message": {"role": "assistant", "content": w}, "done": false})))
+        .map(|w| {
+            format!(
+                "{}\n",
+                json!({"model": "q", "message": {"role": "assistant", "content": w}, "done": false})
+            )
+        })
         .collect();
     if !calls.is_empty() {
-        let tc: Vec<Value> = calls.iter().map(|(n, a)| json!({"function": {"name": n, "arguments": a}})).collect();
+        let tc: Vec<Value> = calls
+            .iter()
+            .map(|(n, a)| json!({"function": {"name": n, "arguments": a}}))
+            .collect();
         out.push(format!("{}\n", json!({"model": "q", "message": {"role": "assistant", "content": "", "tool_calls": tc}, "done": false})));
     }
-    out.push(format!("{}\n", json!({"model": "q", "message": {"role": "assistant", "content": ""}, "done": true,
-        "done_reason": "stop", "prompt_eval_count": 40, "eval_count": 10})));
+    out.push(format!(
+        "{}\n",
+        json!({"model": "q", "message": {"role": "assistant", "content": ""}, "done": true,
+        "done_reason": "stop", "prompt_eval_count": 40, "eval_count": 10})
+    ));
     out
 }
 
