@@ -50,7 +50,7 @@ impl Targets {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingConfig {
     /// Claude Code's background calls: a haiku-class model name.
@@ -63,18 +63,6 @@ pub struct RoutingConfig {
     pub web_search: Option<Targets>,
     /// Anything else, first match wins; checked before the routes above.
     pub rules: Vec<RuleConfig>,
-}
-
-impl Default for RoutingConfig {
-    fn default() -> Self {
-        RoutingConfig {
-            background: None,
-            think: None,
-            long_context: None,
-            web_search: None,
-            rules: Vec::new(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -202,3 +202,123 @@ fn lynkr_overrides() {
     assert_eq!((c.limits.max_body_bytes, c.server.threads), (1000, 4));
     assert_eq!(c.logging.level, "debug");
 }
+
+#[test]
+fn routing_problems_are_reported_with_their_paths() {
+    let errs = load_text(
+        "providers:\n  a: {base_url: 'http://127.0.0.1:1', model: m}\n\
+         models:\n  default: a\n  routes: [{match: 'claude-*haku*', target: a}, {match: 'gpt-*', target: [a, ghost]}]\n\
+         routing:\n  background: nobody\n  think: [a, 'nobody:x']\n  long_context: {threshold_tokens: 0, targets: a}\n\
+         \x20 rules: [{name: r, model: 'claude-opus-*', targets: {targets: [a, missing], balance: affinity}}]\n",
+        &[],
+    )
+    .unwrap_err();
+    for expected in [
+        "models.routes.0.match: the glob \"claude-*haku*\" matches no Claude model name",
+        "models.routes.1.target.1: unknown provider \"ghost\"",
+        "routing.background: unknown provider \"nobody\"",
+        "routing.think.1: unknown provider \"nobody\"",
+        "routing.long_context.threshold_tokens: must be greater than 0",
+        "routing.rules.0.targets.targets.1: unknown provider \"missing\"",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "missing {expected:?} in {errs:#?}"
+        );
+    }
+    // A glob that is not about Claude names is the user's business.
+    assert!(!errs.iter().any(|e| e.contains("gpt-*")));
+}
+
+#[test]
+fn anthropic_targets_may_pass_the_client_model_through() {
+    let c = load_text("providers:\n  c: {kind: anthropic, base_url: 'https://api.anthropic.com', api_key_env: K}\nmodels: {default: c}\n", &[("K", "k")]).unwrap();
+    assert_eq!(c.providers["c"].kind, ProviderKind::Anthropic);
+    let errs = load_text("providers:\n  o: {kind: ollama, base_url: 'http://127.0.0.1:11434'}\nmodels: {default: o}\n", &[]).unwrap_err();
+    assert!(
+        errs[0].starts_with("models.default: no model given"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn legacy_azure_anthropic_ollama_and_hybrid() {
+    let c = Config::load_with_env(
+        None,
+        &env_of(&[
+            ("MODEL_PROVIDER", "azure-anthropic"),
+            (
+                "AZURE_ANTHROPIC_ENDPOINT",
+                "https://r.services.ai.azure.com/anthropic/v1/messages",
+            ),
+            ("AZURE_ANTHROPIC_API_KEY", "k"),
+            ("AZURE_ANTHROPIC_VERSION", "2023-06-01"),
+        ]),
+    )
+    .unwrap();
+    let p = &c.providers["azure-anthropic"];
+    assert_eq!(
+        (p.kind, p.model.as_deref()),
+        (ProviderKind::Anthropic, None)
+    );
+    assert_eq!(
+        p.base_url,
+        "https://r.services.ai.azure.com/anthropic/v1/messages"
+    );
+    assert_eq!(p.anthropic_version.as_deref(), Some("2023-06-01"));
+
+    let c = Config::load_with_env(
+        None,
+        &env_of(&[
+            ("MODEL_PROVIDER", "ollama"),
+            ("OLLAMA_ENDPOINT", "http://127.0.0.1:11434"),
+            ("OLLAMA_MODEL", "qwen3:8b"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            c.providers["ollama"].kind,
+            c.providers["ollama"].model.as_deref()
+        ),
+        (ProviderKind::Ollama, Some("qwen3:8b"))
+    );
+
+    // PREFER_OLLAMA: few tools to Ollama (falling back to the cloud), the rest to the cloud.
+    let c = Config::load_with_env(
+        None,
+        &env_of(&[
+            ("MODEL_PROVIDER", "openai"),
+            ("OPENAI_API_KEY", "k"),
+            ("PREFER_OLLAMA", "true"),
+            ("OLLAMA_MAX_TOOLS_FOR_ROUTING", "5"),
+            ("FALLBACK_PROVIDER", "openai"),
+        ]),
+    )
+    .unwrap();
+    let rule = &c.routing.rules[0];
+    assert_eq!(
+        (rule.name.as_str(), rule.max_tools),
+        ("hybrid-local", Some(5))
+    );
+    assert_eq!(
+        rule.targets,
+        Targets::Chain(vec!["ollama".into(), "openai".into()])
+    );
+    assert_eq!(c.models.default, Some(Targets::One("openai".into())));
+    let c = Config::load_with_env(
+        None,
+        &env_of(&[
+            ("MODEL_PROVIDER", "openai"),
+            ("OPENAI_API_KEY", "k"),
+            ("PREFER_OLLAMA", "1"),
+            ("FALLBACK_ENABLED", "false"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.routing.rules[0].targets,
+        Targets::Chain(vec!["ollama".into()])
+    );
+    assert_eq!(c.routing.rules[0].max_tools, Some(3));
+}
