@@ -16,6 +16,7 @@ pub const LEGACY_PROVIDERS: &[&str] = &[
     "lmstudio",
     "azure-anthropic",
     "ollama",
+    "bedrock",
 ];
 
 pub(super) fn apply(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
@@ -113,6 +114,7 @@ fn legacy_provider(name: &str, get: &dyn Fn(&str) -> Option<String>) -> Option<P
         api_version: None,
         max_tokens_field: None,
         reasoning: None,
+        region: None,
         capabilities: Default::default(),
         auth_header: None,
         anthropic_version: None,
@@ -202,6 +204,21 @@ fn legacy_provider(name: &str, get: &dyn Fn(&str) -> Option<String>) -> Option<P
             // The client's model passes through unless a route names one.
             p.model = None;
             p.anthropic_version = get("AZURE_ANTHROPIC_VERSION");
+            p
+        }
+        "bedrock" => {
+            let key = get("AWS_BEDROCK_API_KEY").map(|_| "AWS_BEDROCK_API_KEY");
+            let mut p = provider(
+                Preset::Generic,
+                String::new(),
+                key,
+                or(
+                    "AWS_BEDROCK_MODEL_ID",
+                    "anthropic.claude-3-5-sonnet-20241022-v2:0",
+                ),
+            );
+            p.kind = ProviderKind::Bedrock;
+            p.region = get("AWS_BEDROCK_REGION");
             p
         }
         "ollama" => {

@@ -149,6 +149,8 @@ pub enum ProviderKind {
     Anthropic,
     /// Ollama's native `/api/chat`.
     Ollama,
+    /// AWS Bedrock Converse / ConverseStream.
+    Bedrock,
 }
 
 /// Header carrying an Anthropic-kind provider's key.
@@ -238,8 +240,12 @@ pub struct ProviderConfig {
     #[serde(default = "default_preset")]
     pub preset: Preset,
     /// Base URL (`https://api.openai.com/v1`) or the full chat completions URL.
-    /// Azure: the resource URL; the deployment path is added.
+    /// Azure: the resource URL; the deployment path is added. Bedrock: optional.
+    #[serde(default)]
     pub base_url: String,
+    /// Bedrock: the AWS region (default `us-east-1`).
+    #[serde(default)]
+    pub region: Option<String>,
     /// Name of the environment variable holding the API key (never the key).
     #[serde(default)]
     pub api_key_env: Option<String>,

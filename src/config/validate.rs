@@ -93,6 +93,8 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
         let path = format!("providers.{name}");
         match url::Url::parse(&prov.base_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            // Bedrock's URL follows from its region.
+            _ if prov.kind == super::ProviderKind::Bedrock && prov.base_url.is_empty() => {}
             _ => p.push(Problem::new(
                 format!("{path}.base_url"),
                 format!("not a URL: {:?}", prov.base_url),
@@ -111,6 +113,16 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
                 ),
             )),
             _ => {}
+        }
+        let has = |var: &str| env(var).is_some_and(|v| !v.is_empty());
+        if prov.kind == super::ProviderKind::Bedrock
+            && prov.api_key_env.is_none()
+            && !(has("AWS_ACCESS_KEY_ID") && has("AWS_SECRET_ACCESS_KEY"))
+        {
+            p.push(Problem::new(
+                format!("{path}.api_key_env"),
+                "Bedrock needs credentials: a Bedrock API key (api_key_env) or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            ));
         }
         if prov.preset == Preset::Azure && prov.deployment.is_none() && prov.model.is_none() {
             p.push(Problem::new(

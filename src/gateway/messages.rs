@@ -54,11 +54,18 @@ pub async fn handle(
         ctx.route = Some(format!("{}/{}/{model}", decision.route, provider.name));
         ctx.attempts += 1;
         let prepared = provider.prepare(&req, &body, model, &client_headers)?;
+        let endpoint = match prepared.path {
+            Some(path) => std::borrow::Cow::Owned(crate::providers::Endpoint {
+                path,
+                ..provider.endpoint.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(&provider.endpoint),
+        };
         let sent = gw
             .upstream
             .send(
                 provider,
-                &provider.endpoint,
+                &endpoint,
                 &prepared.headers,
                 prepared.body,
                 ctx.stream,

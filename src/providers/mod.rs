@@ -4,6 +4,7 @@
 //! dispatch from a provider's kind to its translation.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod ollama;
 pub mod openai;
 
@@ -35,6 +36,9 @@ pub struct Provider {
     pub anthropic_version: String,
     /// CA certificates from `tls_ca_file`; `None` trusts the system roots.
     pub ca: Option<Arc<CaType>>,
+    /// Bedrock: the region, and the credentials when requests are SigV4-signed
+    /// (`None` with a Bedrock API key in `auth`).
+    pub aws: Option<(String, Option<aws_credential_types::Credentials>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +138,10 @@ impl Provider {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Provider, String> {
         let key = cfg.api_key_env.as_deref().and_then(env);
+        let region = cfg
+            .region
+            .clone()
+            .unwrap_or_else(|| bedrock::DEFAULT_REGION.to_string());
         let auth_header = match (cfg.kind, cfg.auth_header) {
             (_, Some(h)) => h,
             (ProviderKind::Openai, None) if cfg.preset == Preset::Azure => AuthHeader::ApiKey,
@@ -160,6 +168,7 @@ impl Provider {
                 ProviderKind::Anthropic => true,
                 ProviderKind::Openai => openai.reasoning != openai::ReasoningStyle::None,
                 ProviderKind::Ollama => false,
+                ProviderKind::Bedrock => true,
             }),
             max_output_tokens: c.max_output_tokens,
             context_window: c.context_window,
@@ -171,7 +180,23 @@ impl Provider {
                 (messages, cfg.count_tokens.then_some(count))
             }
             ProviderKind::Ollama => (ollama::endpoint(&cfg.base_url)?, None),
+            ProviderKind::Bedrock => {
+                let base = Some(cfg.base_url.as_str()).filter(|u| !u.is_empty());
+                (bedrock::endpoint(base, &region)?, None)
+            }
         };
+        let aws = (cfg.kind == ProviderKind::Bedrock).then(|| {
+            let signing = auth.is_none().then(|| {
+                aws_credential_types::Credentials::new(
+                    env("AWS_ACCESS_KEY_ID").unwrap_or_default(),
+                    env("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
+                    env("AWS_SESSION_TOKEN").filter(|t| !t.is_empty()),
+                    None,
+                    "environment",
+                )
+            });
+            (region.clone(), signing)
+        });
         Ok(Provider {
             name: name.to_string(),
             kind: cfg.kind,
@@ -187,6 +212,7 @@ impl Provider {
                 .clone()
                 .unwrap_or_else(|| anthropic::DEFAULT_VERSION.to_string()),
             ca: cfg.tls_ca_file.as_deref().map(load_ca_file).transpose()?,
+            aws,
         })
     }
 
@@ -213,17 +239,45 @@ impl Provider {
                 Prepared {
                     body: encode(serde_json::to_vec(&chat))?,
                     headers: Vec::new(),
+                    path: None,
                 }
             }
             ProviderKind::Anthropic => Prepared {
                 body: anthropic::rewrite_body(raw, model, self.capabilities.max_output_tokens)?,
                 headers: anthropic::forward_headers(client_headers, &self.anthropic_version),
+                path: None,
             },
+            ProviderKind::Bedrock => {
+                let converse = bedrock::to_converse(
+                    req,
+                    self.capabilities.max_output_tokens,
+                    self.capabilities.reasoning,
+                )?;
+                let body = encode(serde_json::to_vec(&converse))?;
+                let path = bedrock::path(&self.endpoint, model, req.is_stream());
+                let headers = match &self.aws {
+                    Some((region, Some(creds))) => bedrock::sign(
+                        creds,
+                        region,
+                        &self.endpoint,
+                        &path,
+                        &body,
+                        std::time::SystemTime::now(),
+                    )?,
+                    _ => Vec::new(),
+                };
+                Prepared {
+                    body,
+                    headers,
+                    path: Some(path),
+                }
+            }
             ProviderKind::Ollama => {
                 let chat = ollama::to_ollama_request(req, model, &opts, &self.capabilities)?;
                 Prepared {
                     body: encode(serde_json::to_vec(&chat))?,
                     headers: Vec::new(),
+                    path: None,
                 }
             }
         })
@@ -237,6 +291,9 @@ impl Provider {
             }
             ProviderKind::Anthropic => Translator::Anthropic(anthropic::Passthrough::new()),
             ProviderKind::Ollama => Translator::Ollama(ollama::StreamTranslator::new(client_model)),
+            ProviderKind::Bedrock => {
+                Translator::Bedrock(bedrock::StreamTranslator::new(client_model))
+            }
         }
     }
 
@@ -244,6 +301,7 @@ impl Provider {
     pub fn is_stream_response(&self, content_type: &str) -> bool {
         match self.kind {
             ProviderKind::Ollama => content_type.contains("ndjson"),
+            ProviderKind::Bedrock => content_type.contains("eventstream"),
             _ => content_type.contains("text/event-stream"),
         }
     }
@@ -252,9 +310,10 @@ impl Provider {
     /// the client, and the usage for the access log.
     pub fn translate_json(&self, body: &[u8], client_model: &str) -> Result<JsonReply, ApiError> {
         match self.kind {
-            ProviderKind::Openai | ProviderKind::Ollama => {
+            ProviderKind::Openai | ProviderKind::Ollama | ProviderKind::Bedrock => {
                 let message = match self.kind {
                     ProviderKind::Openai => openai::response::to_message(body, client_model)?,
+                    ProviderKind::Bedrock => bedrock::to_message(body, client_model)?,
                     _ => ollama::to_message(body, client_model)?,
                 };
                 Ok(JsonReply {
@@ -276,6 +335,8 @@ impl Provider {
 pub struct Prepared {
     pub body: Bytes,
     pub headers: Vec<(&'static str, String)>,
+    /// A per-request path (Bedrock: the model is in the path).
+    pub path: Option<String>,
 }
 
 pub struct JsonReply {
@@ -298,6 +359,7 @@ pub enum Translator {
     Openai(openai::stream::StreamTranslator),
     Anthropic(anthropic::Passthrough),
     Ollama(ollama::StreamTranslator),
+    Bedrock(bedrock::StreamTranslator),
 }
 
 impl Translator {
@@ -306,6 +368,7 @@ impl Translator {
             Translator::Openai(t) => t.feed(bytes, out),
             Translator::Anthropic(t) => t.feed(bytes, out),
             Translator::Ollama(t) => t.feed(bytes, out),
+            Translator::Bedrock(t) => t.feed(bytes, out),
         }
     }
 
@@ -314,6 +377,7 @@ impl Translator {
             Translator::Openai(t) => t.end_of_input(out),
             Translator::Anthropic(t) => t.end_of_input(out),
             Translator::Ollama(t) => t.end_of_input(out),
+            Translator::Bedrock(t) => t.end_of_input(out),
         }
     }
 
@@ -322,6 +386,7 @@ impl Translator {
             Translator::Openai(t) => t.usage(),
             Translator::Anthropic(t) => t.usage(),
             Translator::Ollama(t) => t.usage(),
+            Translator::Bedrock(t) => t.usage(),
         }
     }
 }

@@ -1,0 +1,593 @@
+//! AWS Bedrock through the Converse and ConverseStream APIs.
+//!
+//! Requests are signed with SigV4 by AWS's `aws-sigv4` (or carry a Bedrock
+//! API key as a bearer token); streamed responses arrive in AWS's binary
+//! event-stream framing, decoded (CRCs checked) by `aws-smithy-eventstream`.
+
+use super::{Endpoint, Progress};
+use crate::protocol::anthropic::{
+    ContentBlock, MediaSource, MessageResponse, MessagesRequest, ResponseBlock, Role, StopReason,
+    TextOrBlocks, Thinking, ToolChoice, ToolResultBlock, Usage,
+};
+use crate::protocol::error::ApiError;
+use crate::protocol::sse::write_event;
+use crate::protocol::validate::parse_json;
+use aws_credential_types::Credentials;
+use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
+use bytes::BytesMut;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::SystemTime;
+
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// The runtime endpoint of `region`, unless `base_url` overrides it.
+pub fn endpoint(base_url: Option<&str>, region: &str) -> Result<Endpoint, String> {
+    let default = format!("https://bedrock-runtime.{region}.amazonaws.com");
+    let url =
+        url::Url::parse(base_url.unwrap_or(&default)).map_err(|e| format!("not a URL: {e}"))?;
+    let mut ep = Endpoint::from_url(&url)?;
+    ep.path = ep.path.trim_end_matches('/').to_string();
+    Ok(ep)
+}
+
+/// `/model/{id}/converse` or `/converse-stream`, the id percent-encoded
+/// (model ids and ARNs carry `:` and `/`).
+pub fn path(base: &Endpoint, model: &str, stream: bool) -> String {
+    let id: String = url::form_urlencoded::byte_serialize(model.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20");
+    let op = if stream {
+        "converse-stream"
+    } else {
+        "converse"
+    };
+    format!("{}/model/{id}/{op}", base.path)
+}
+
+/// SigV4 headers (`authorization`, `x-amz-date`, `x-amz-security-token`)
+/// for a POST of `body` to `endpoint` + `path`.
+pub fn sign(
+    credentials: &Credentials,
+    region: &str,
+    endpoint: &Endpoint,
+    path: &str,
+    body: &[u8],
+    time: SystemTime,
+) -> Result<Vec<(&'static str, String)>, ApiError> {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    let identity = credentials.clone().into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("bedrock")
+        .time(time)
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| ApiError::api(format!("cannot sign the Bedrock request: {e}")))?
+        .into();
+    let scheme = if endpoint.tls { "https" } else { "http" };
+    let uri = format!("{scheme}://{}{path}", endpoint.authority());
+    let authority = endpoint.authority();
+    let headers = [
+        ("host", authority.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let request =
+        SignableRequest::new("POST", &uri, headers.into_iter(), SignableBody::Bytes(body))
+            .map_err(|e| ApiError::api(format!("cannot sign the Bedrock request: {e}")))?;
+    let (instructions, _) = sign(request, &params)
+        .map_err(|e| ApiError::api(format!("cannot sign the Bedrock request: {e}")))?
+        .into_parts();
+    let (headers, _) = instructions.into_parts();
+    Ok(headers
+        .into_iter()
+        .map(|h| (h.name(), h.value().to_string()))
+        .collect())
+}
+
+/// The Converse request body.
+pub fn to_converse(
+    req: &MessagesRequest,
+    max_tokens_cap: Option<u64>,
+    reasoning: bool,
+) -> Result<Value, ApiError> {
+    let mut system: Vec<Value> = match &req.system {
+        Some(TextOrBlocks::Text(t)) if !t.is_empty() => vec![json!({"text": t})],
+        Some(TextOrBlocks::Blocks(b)) => b
+            .iter()
+            .filter(|t| !t.text.is_empty())
+            .map(|t| json!({"text": t.text}))
+            .collect(),
+        _ => Vec::new(),
+    };
+    // Converse wants alternating roles: adjacent messages of one role merge,
+    // and mid-conversation system messages become user text.
+    let mut messages: Vec<(Role, Vec<Value>)> = Vec::new();
+    for (i, m) in req.messages.iter().enumerate() {
+        let role = if m.role == Role::Assistant {
+            Role::Assistant
+        } else {
+            Role::User
+        };
+        let mut content = Vec::new();
+        match &m.content {
+            TextOrBlocks::Text(t) if !t.is_empty() => content.push(json!({"text": t})),
+            TextOrBlocks::Text(_) => {}
+            TextOrBlocks::Blocks(blocks) => {
+                for (j, b) in blocks.iter().enumerate() {
+                    if let Some(v) = block(b, &format!("messages.{i}.content.{j}"))? {
+                        content.push(v);
+                    }
+                }
+            }
+        }
+        if content.is_empty() {
+            continue;
+        }
+        match messages.last_mut() {
+            Some((r, c)) if *r == role => c.extend(content),
+            _ => messages.push((role, content)),
+        }
+    }
+    if messages.first().is_some_and(|(r, _)| *r == Role::Assistant) {
+        messages.insert(0, (Role::User, vec![json!({"text": "."})]));
+    }
+    let mut body = json!({
+        "messages": messages.into_iter().map(|(r, c)| json!({
+            "role": if r == Role::Assistant { "assistant" } else { "user" },
+            "content": c,
+        })).collect::<Vec<_>>(),
+        "inferenceConfig": {"maxTokens": max_tokens_cap.map_or(req.max_tokens, |c| req.max_tokens.min(c))},
+    });
+    if !system.is_empty() {
+        body["system"] = Value::Array(std::mem::take(&mut system));
+    }
+    let inference = &mut body["inferenceConfig"];
+    if let Some(t) = req.temperature {
+        inference["temperature"] = json!(t);
+    }
+    if let Some(p) = req.top_p {
+        inference["topP"] = json!(p);
+    }
+    if let Some(s) = req.stop_sequences.as_ref().filter(|s| !s.is_empty()) {
+        inference["stopSequences"] = json!(s);
+    }
+    let tools: Vec<Value> = req
+        .tools
+        .iter()
+        .flatten()
+        .filter(|t| t.is_client_tool())
+        .map(|t| {
+            let schema: Value =
+                serde_json::from_str(t.input_schema.as_ref().map_or("{}", |s| s.get()))
+                    .unwrap_or(json!({}));
+            let description = t
+                .description
+                .as_ref()
+                .and_then(|d| serde_json::from_str::<String>(d.get()).ok());
+            let mut spec = json!({"name": t.name, "inputSchema": {"json": schema}});
+            if let Some(d) = description.filter(|d| !d.is_empty()) {
+                spec["description"] = json!(d);
+            }
+            json!({"toolSpec": spec})
+        })
+        .collect();
+    if !tools.is_empty() {
+        let choice = match &req.tool_choice {
+            Some(ToolChoice::Any { .. }) => json!({"any": {}}),
+            Some(ToolChoice::Tool { name, .. }) => json!({"tool": {"name": name}}),
+            // Converse has no "none"; tools stay declared for the history.
+            _ => json!({"auto": {}}),
+        };
+        body["toolConfig"] = json!({"tools": tools, "toolChoice": choice});
+    }
+    if let (true, Some(Thinking::Enabled { budget_tokens })) = (reasoning, &req.thinking) {
+        body["additionalModelRequestFields"] =
+            json!({"thinking": {"type": "enabled", "budget_tokens": budget_tokens}});
+    }
+    Ok(body)
+}
+
+fn image_format(media_type: &str) -> &str {
+    media_type.strip_prefix("image/").unwrap_or(media_type)
+}
+
+fn block(b: &ContentBlock, path: &str) -> Result<Option<Value>, ApiError> {
+    Ok(match b {
+        ContentBlock::Text { text } if text.is_empty() => None,
+        ContentBlock::Text { text } => Some(json!({"text": text})),
+        ContentBlock::Image { source } => Some(image(source, path)?),
+        ContentBlock::Document { source, title } => Some(match source {
+            MediaSource::Text { data, .. } => json!({"text": data}),
+            MediaSource::Base64 { data, .. } => json!({"document": {"format": "pdf",
+                "name": title.as_deref().unwrap_or("document"), "source": {"bytes": data}}}),
+            MediaSource::Url { .. } => {
+                return Err(ApiError::invalid(format!(
+                    "{path}.source.type: Bedrock takes documents as base64, not URLs"
+                )))
+            }
+        }),
+        ContentBlock::ToolUse { id, name, input } => {
+            Some(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}))
+        }
+        ContentBlock::ToolResult {
+            tool_use_id,
+            content,
+            is_error,
+        } => {
+            let mut parts = Vec::new();
+            match content {
+                Some(TextOrBlocks::Text(t)) => parts.push(json!({"text": t})),
+                Some(TextOrBlocks::Blocks(rb)) => {
+                    for (k, r) in rb.iter().enumerate() {
+                        match r {
+                            ToolResultBlock::Text { text } => parts.push(json!({"text": text})),
+                            ToolResultBlock::Image { source } => {
+                                parts.push(image(source, &format!("{path}.content.{k}"))?)
+                            }
+                            ToolResultBlock::Document {
+                                source: MediaSource::Text { data, .. },
+                            } => parts.push(json!({"text": data})),
+                            ToolResultBlock::Document { .. } => {}
+                        }
+                    }
+                }
+                None => {}
+            }
+            if parts.is_empty() {
+                parts.push(json!({"text": ""}));
+            }
+            let mut result = json!({"toolUseId": tool_use_id, "content": parts});
+            if is_error.unwrap_or(false) {
+                result["status"] = json!("error");
+            }
+            Some(json!({"toolResult": result}))
+        }
+        // Thinking goes back only with its signature, which Bedrock checks.
+        ContentBlock::Thinking {
+            thinking,
+            signature: Some(sig),
+        } if !sig.is_empty() => Some(
+            json!({"reasoningContent": {"reasoningText": {"text": thinking, "signature": sig}}}),
+        ),
+        ContentBlock::Thinking { .. } => None,
+        ContentBlock::RedactedThinking { data } => {
+            Some(json!({"reasoningContent": {"redactedContent": data}}))
+        }
+    })
+}
+
+fn image(source: &MediaSource, path: &str) -> Result<Value, ApiError> {
+    match source {
+        MediaSource::Base64 { media_type, data } => {
+            Ok(json!({"image": {"format": image_format(media_type), "source": {"bytes": data}}}))
+        }
+        _ => Err(ApiError::invalid(format!(
+            "{path}.source.type: Bedrock takes images as base64 only"
+        ))),
+    }
+}
+
+fn stop_reason(s: &str) -> StopReason {
+    match s {
+        "tool_use" => StopReason::ToolUse,
+        "max_tokens" | "model_context_window_exceeded" => StopReason::MaxTokens,
+        "stop_sequence" => StopReason::StopSequence,
+        "content_filtered" | "guardrail_intervened" => StopReason::Refusal,
+        _ => StopReason::EndTurn,
+    }
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+struct ConverseUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    cache_read_input_tokens: u64,
+    #[serde(default)]
+    cache_write_input_tokens: u64,
+}
+
+impl From<ConverseUsage> for Usage {
+    fn from(u: ConverseUsage) -> Usage {
+        Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cache_creation_input_tokens: u.cache_write_input_tokens,
+            cache_read_input_tokens: u.cache_read_input_tokens,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseResponse {
+    output: ConverseOutput,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: ConverseUsage,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConverseOutput {
+    message: ConverseMessage,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConverseMessage {
+    #[serde(default)]
+    content: Vec<Value>,
+}
+
+/// A whole Converse response.
+pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, ApiError> {
+    let r: ConverseResponse = parse_json(body).map_err(|e| {
+        ApiError::api(format!(
+            "upstream returned an invalid Converse response: {}",
+            e.message
+        ))
+        .with_status(502)
+    })?;
+    let mut content = Vec::new();
+    for c in r.output.message.content {
+        if let Some(text) = c["text"].as_str() {
+            content.push(ResponseBlock::Text {
+                text: text.to_string(),
+            });
+        } else if let Some(t) = c.get("toolUse") {
+            content.push(ResponseBlock::ToolUse {
+                id: t["toolUseId"].as_str().unwrap_or_default().to_string(),
+                name: t["name"].as_str().unwrap_or_default().to_string(),
+                input: t.get("input").cloned().unwrap_or(json!({})),
+            });
+        } else if let Some(rt) = c.pointer("/reasoningContent/reasoningText") {
+            content.push(ResponseBlock::Thinking {
+                thinking: rt["text"].as_str().unwrap_or_default().to_string(),
+                signature: rt["signature"].as_str().unwrap_or_default().to_string(),
+            });
+        }
+    }
+    Ok(MessageResponse {
+        id: format!("msg_lynkr_{:016x}", crate::util::unique_id()),
+        kind: "message",
+        role: "assistant",
+        model: client_model.to_string(),
+        content,
+        stop_reason: Some(stop_reason(r.stop_reason.as_deref().unwrap_or("end_turn"))),
+        stop_sequence: None,
+        usage: r.usage.into(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Text,
+    Thinking,
+    Tool,
+}
+
+/// ConverseStream event-stream frames -> Anthropic events.
+pub struct StreamTranslator {
+    model: String,
+    buf: BytesMut,
+    decoder: MessageFrameDecoder,
+    started: bool,
+    /// Bedrock's block index of the open block, and its kind.
+    open: Option<(u64, Open)>,
+    next_index: usize,
+    stop: Option<StopReason>,
+    usage: Usage,
+    done: bool,
+}
+
+impl StreamTranslator {
+    pub fn new(model: impl Into<String>) -> Self {
+        StreamTranslator {
+            model: model.into(),
+            buf: BytesMut::new(),
+            decoder: MessageFrameDecoder::new(),
+            started: false,
+            open: None,
+            next_index: 0,
+            stop: None,
+            usage: Usage::default(),
+            done: false,
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    pub fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) -> Result<Progress, ApiError> {
+        self.buf.extend_from_slice(bytes);
+        while !self.done {
+            let frame = self.decoder.decode_frame(&mut self.buf).map_err(|e| {
+                ApiError::api(format!("malformed upstream event stream: {e}")).with_status(502)
+            })?;
+            let DecodedFrame::Complete(message) = frame else {
+                break;
+            };
+            let header = |name: &str| {
+                message
+                    .headers()
+                    .iter()
+                    .find(|h| h.name().as_str() == name)
+                    .and_then(|h| h.value().as_string().ok())
+                    .map(|s| s.as_str().to_string())
+            };
+            let payload: Value = serde_json::from_slice(message.payload()).unwrap_or(Value::Null);
+            if header(":message-type").as_deref() == Some("exception") {
+                let kind = header(":exception-type").unwrap_or_default();
+                let text = payload["message"]
+                    .as_str()
+                    .unwrap_or("Bedrock stream exception")
+                    .to_string();
+                let status = match kind.as_str() {
+                    "throttlingException" => 429,
+                    "validationException" => 400,
+                    "serviceUnavailableException" | "modelNotReadyException" => 503,
+                    _ => 500,
+                };
+                return Err(ApiError::from_upstream_status(
+                    status,
+                    format!("{kind}: {text}"),
+                ));
+            }
+            self.event(
+                header(":event-type").as_deref().unwrap_or(""),
+                &payload,
+                out,
+            );
+        }
+        Ok(if self.done {
+            Progress::Done
+        } else {
+            Progress::Continue
+        })
+    }
+
+    pub fn end_of_input(&mut self, out: &mut BytesMut) -> Result<(), ApiError> {
+        if !self.done && self.stop.is_some() && self.buf.is_empty() {
+            self.finish(out);
+        }
+        if self.done {
+            Ok(())
+        } else {
+            Err(
+                ApiError::api("upstream stream ended before the response was complete")
+                    .with_status(502),
+            )
+        }
+    }
+
+    fn event(&mut self, kind: &str, p: &Value, out: &mut BytesMut) {
+        self.start(out);
+        let index = p["contentBlockIndex"].as_u64().unwrap_or(0);
+        match kind {
+            "contentBlockStart" => {
+                if let Some(tool) = p.pointer("/start/toolUse") {
+                    self.open_block(
+                        index,
+                        Open::Tool,
+                        json!({"type": "tool_use",
+                        "id": tool["toolUseId"], "name": tool["name"], "input": {}}),
+                        out,
+                    );
+                }
+            }
+            "contentBlockDelta" => {
+                let d = &p["delta"];
+                if let Some(text) = d["text"].as_str() {
+                    self.open_block(index, Open::Text, json!({"type": "text", "text": ""}), out);
+                    self.delta(json!({"type": "text_delta", "text": text}), out);
+                } else if let Some(input) = d.pointer("/toolUse/input").and_then(Value::as_str) {
+                    self.delta(
+                        json!({"type": "input_json_delta", "partial_json": input}),
+                        out,
+                    );
+                } else if let Some(r) = d.get("reasoningContent") {
+                    self.open_block(
+                        index,
+                        Open::Thinking,
+                        json!({"type": "thinking", "thinking": "", "signature": ""}),
+                        out,
+                    );
+                    if let Some(t) = r["text"].as_str() {
+                        self.delta(json!({"type": "thinking_delta", "thinking": t}), out);
+                    }
+                    if let Some(s) = r["signature"].as_str() {
+                        self.delta(json!({"type": "signature_delta", "signature": s}), out);
+                    }
+                }
+            }
+            "contentBlockStop" => self.close(out),
+            "messageStop" => {
+                self.close(out);
+                self.stop = Some(stop_reason(p["stopReason"].as_str().unwrap_or("end_turn")));
+            }
+            "metadata" => {
+                if let Ok(u) = serde_json::from_value::<ConverseUsage>(p["usage"].clone()) {
+                    self.usage = u.into();
+                }
+                if self.stop.is_some() {
+                    self.finish(out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn start(&mut self, out: &mut BytesMut) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        write_event(
+            out,
+            "message_start",
+            &json!({"type": "message_start", "message": {
+            "id": format!("msg_lynkr_{:016x}", crate::util::unique_id()),
+            "type": "message", "role": "assistant", "model": self.model, "content": [],
+            "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+        );
+    }
+
+    fn open_block(&mut self, index: u64, kind: Open, block: Value, out: &mut BytesMut) {
+        if self.open == Some((index, kind)) {
+            return;
+        }
+        self.close(out);
+        write_event(
+            out,
+            "content_block_start",
+            &json!({"type": "content_block_start",
+            "index": self.next_index, "content_block": block}),
+        );
+        self.open = Some((index, kind));
+    }
+
+    fn delta(&mut self, delta: Value, out: &mut BytesMut) {
+        if self.open.is_some() {
+            write_event(
+                out,
+                "content_block_delta",
+                &json!({"type": "content_block_delta",
+                "index": self.next_index, "delta": delta}),
+            );
+        }
+    }
+
+    fn close(&mut self, out: &mut BytesMut) {
+        if self.open.take().is_some() {
+            write_event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": self.next_index}),
+            );
+            self.next_index += 1;
+        }
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) {
+        self.close(out);
+        write_event(
+            out,
+            "message_delta",
+            &json!({"type": "message_delta",
+            "delta": {"stop_reason": self.stop.unwrap_or(StopReason::EndTurn), "stop_sequence": null},
+            "usage": self.usage}),
+        );
+        write_event(out, "message_stop", &json!({"type": "message_stop"}));
+        self.done = true;
+    }
+}
+
+#[cfg(test)]
+mod tests;
