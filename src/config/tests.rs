@@ -322,3 +322,46 @@ fn legacy_azure_anthropic_ollama_and_hybrid() {
     );
     assert_eq!(c.routing.rules[0].max_tools, Some(3));
 }
+
+#[test]
+fn bedrock_needs_credentials_and_takes_the_original_environment() {
+    let errs = Config::load_with_env(None, &env_of(&[("MODEL_PROVIDER", "bedrock")]))
+        .unwrap_err()
+        .0;
+    assert!(
+        errs[0]
+            .to_string()
+            .starts_with("providers.bedrock.api_key_env: Bedrock needs credentials"),
+        "{errs:?}"
+    );
+    let c = Config::load_with_env(
+        None,
+        &env_of(&[
+            ("MODEL_PROVIDER", "bedrock"),
+            ("AWS_ACCESS_KEY_ID", "a"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("AWS_BEDROCK_REGION", "eu-central-1"),
+            ("AWS_BEDROCK_MODEL_ID", "anthropic.claude-sonnet-4-5-v1:0"),
+        ]),
+    )
+    .unwrap();
+    let p = &c.providers["bedrock"];
+    assert_eq!(
+        (p.kind, p.region.as_deref(), p.model.as_deref()),
+        (
+            ProviderKind::Bedrock,
+            Some("eu-central-1"),
+            Some("anthropic.claude-sonnet-4-5-v1:0")
+        )
+    );
+    assert_eq!(p.api_key_env, None);
+    let c = Config::load_with_env(
+        None,
+        &env_of(&[("MODEL_PROVIDER", "bedrock"), ("AWS_BEDROCK_API_KEY", "k")]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.providers["bedrock"].api_key_env.as_deref(),
+        Some("AWS_BEDROCK_API_KEY")
+    );
+}

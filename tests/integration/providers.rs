@@ -448,3 +448,214 @@ async fn claude_code_aware_routes_and_affinity_end_to_end() {
         "the decision is logged"
     );
 }
+
+// ---- Bedrock ------------------------------------------------------------------------
+
+fn frame(message_type: &str, type_header: (&str, &str), payload: Value) -> Vec<u8> {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let msg = Message::new(payload.to_string().into_bytes())
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String(message_type.to_string().into()),
+        ))
+        .add_header(Header::new(
+            type_header.0.to_string(),
+            HeaderValue::String(type_header.1.to_string().into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ));
+    let mut out = Vec::new();
+    aws_smithy_eventstream::frame::write_message_to(&msg, &mut out).unwrap();
+    out
+}
+
+fn event(kind: &str, payload: Value) -> Vec<u8> {
+    frame("event", (":event-type", kind), payload)
+}
+
+/// `20231114T221320Z` -> SystemTime.
+fn amz_date(s: &str) -> std::time::SystemTime {
+    let n = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0, 4), n(4, 6), n(6, 8));
+    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + d - 1;
+    let days = era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+    let secs = days * 86400 + n(9, 11) * 3600 + n(11, 13) * 60 + n(13, 15);
+    std::time::UNIX_EPOCH + Duration::from_secs(secs as u64)
+}
+
+/// The mock's own check: sign the request it received again, with the
+/// credentials it knows, and compare.
+fn signature_ok(r: &Recorded, port: u16) -> bool {
+    let creds = aws_credential_types::Credentials::new(
+        "AKIDMOCK",
+        "mock-secret",
+        Some("mock-session".into()),
+        None,
+        "mock",
+    );
+    let Some(date) = r.header("x-amz-date") else {
+        return false;
+    };
+    let endpoint = lynkr::providers::Endpoint {
+        tls: false,
+        host: "127.0.0.1".into(),
+        port,
+        path: String::new(),
+    };
+    let expected = lynkr::providers::bedrock::sign(
+        &creds,
+        "us-west-2",
+        &endpoint,
+        &r.path,
+        &r.raw,
+        amz_date(date),
+    )
+    .unwrap();
+    let want = expected
+        .iter()
+        .find(|(k, _)| *k == "authorization")
+        .map(|(_, v)| v.as_str());
+    r.header("authorization") == want && r.header("x-amz-security-token") == Some("mock-session")
+}
+
+#[tokio::test]
+async fn bedrock_converse_with_sigv4_checked_by_the_mock() {
+    let port_cell = std::sync::Arc::new(std::sync::OnceLock::<u16>::new());
+    let port_for_mock = port_cell.clone();
+    let mock = MockUpstream::start(move |r| {
+        let port = *port_for_mock.get().unwrap();
+        if r.header("authorization").is_some_and(|a| a.starts_with("Bearer ")) {
+            if r.header("authorization") != Some("Bearer bedrock-api-key") {
+                return Reply::Json { status: 403, body: json!({"message": "Invalid API key"}).to_string(), headers: vec![] };
+            }
+        } else if !signature_ok(r, port) {
+            return Reply::Json { status: 403, body: json!({"message": "The request signature we calculated does not match the signature you provided."}).to_string(), headers: vec![] };
+        }
+        if r.path.ends_with("/converse") {
+            let body = json!({"output": {"message": {"role": "assistant", "content": [{"text": "bedrock json"}]}},
+                "stopReason": "end_turn", "usage": {"inputTokens": 12, "outputTokens": 3}});
+            return Reply::Json { status: 200, body: body.to_string(), headers: vec![] };
+        }
+        let text = r.body["messages"][0]["content"][0]["text"].as_str().unwrap_or("");
+        let mut pieces = vec![event("messageStart", json!({"role": "assistant"}))];
+        if text == "throttle" {
+            pieces.push(frame("exception", (":exception-type", "throttlingException"), json!({"message": "Too many tokens"})));
+        } else {
+            pieces.push(event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "from "}})));
+            pieces.push(event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "bedrock"}})));
+            pieces.push(event("contentBlockStop", json!({"contentBlockIndex": 0})));
+            pieces.push(event("contentBlockStart", json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tu1", "name": "Read"}}})));
+            pieces.push(event("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"file_path\":"}}})));
+            pieces.push(event("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "\"/a\"}"}}})));
+            pieces.push(event("contentBlockStop", json!({"contentBlockIndex": 1})));
+            pieces.push(event("messageStop", json!({"stopReason": "tool_use"})));
+            pieces.push(event("metadata", json!({"usage": {"inputTokens": 30, "outputTokens": 8}})));
+        }
+        // Split frames across chunks, as a network would.
+        let all: Vec<u8> = pieces.concat();
+        Reply::Binary { content_type: "application/vnd.amazon.eventstream".into(), pieces: all.chunks(11).map(<[u8]>::to_vec).collect() }
+    })
+    .await;
+    port_cell.set(mock.addr.port()).unwrap();
+    let model = "anthropic.claude-3-5-sonnet-20241022-v2:0";
+    let config = format!(
+        "providers:\n\
+         \x20 bedrock: {{kind: bedrock, base_url: 'http://{a}', region: us-west-2, model: '{model}'}}\n\
+         \x20 bedrock-key: {{kind: bedrock, base_url: 'http://{a}', region: us-west-2, model: '{model}', api_key_env: BEDROCK_KEY}}\n\
+         models:\n  default: bedrock\n  routes: [{{match: keyed, target: bedrock-key}}]\n",
+        a = mock.addr
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "AKIDMOCK"),
+        ("AWS_SECRET_ACCESS_KEY", "mock-secret"),
+        ("AWS_SESSION_TOKEN", "mock-session"),
+        ("BEDROCK_KEY", "bedrock-api-key"),
+    ];
+    let gw = Gateway::start(&config, &env);
+
+    let resp = post_with(&gw, &user("hello", true), &[]).await;
+    assert_eq!(resp.status(), 200);
+    let events = sse_events(&resp.text().await.unwrap());
+    let text: String = events
+        .iter()
+        .filter_map(|(_, v)| v["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, "from bedrock", "{events:?}");
+    let args: String = events
+        .iter()
+        .filter_map(|(_, v)| v["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(args, "{\"file_path\":\"/a\"}");
+    let delta = events.iter().find(|(n, _)| n == "message_delta").unwrap();
+    assert_eq!(delta.1["delta"]["stop_reason"], "tool_use");
+    let up = mock.last();
+    assert_eq!(
+        up.path,
+        "/model/anthropic.claude-3-5-sonnet-20241022-v2%3A0/converse-stream"
+    );
+    assert!(up
+        .header("authorization")
+        .unwrap()
+        .starts_with("AWS4-HMAC-SHA256 Credential=AKIDMOCK/"));
+    assert_eq!(up.body["system"], json!([{"text": "sys"}]));
+    assert_eq!(up.body["inferenceConfig"]["maxTokens"], 512);
+
+    let msg: Value = post_with(&gw, &user("hello", false), &[])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(msg["content"][0]["text"], "bedrock json");
+
+    // A throttling exception inside the stream ends it with an error event.
+    let events = sse_events(
+        &post_with(&gw, &user("throttle", true), &[])
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error");
+    assert_eq!(data["error"]["type"], "rate_limit_error");
+    assert!(data["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Too many tokens"));
+
+    // A Bedrock API key goes as a bearer token, unsigned.
+    let mut keyed = user("hello", false);
+    keyed["model"] = json!("keyed");
+    let msg: Value = post_with(&gw, &keyed, &[]).await.json().await.unwrap();
+    assert_eq!(msg["content"][0]["text"], "bedrock json");
+    assert_eq!(
+        mock.last().header("authorization"),
+        Some("Bearer bedrock-api-key")
+    );
+    assert_eq!(mock.last().header("x-amz-date"), None);
+
+    // Wrong credentials: the mock's signature check fails, and the client
+    // sees Bedrock's 403 as a permission error with its wording.
+    let bad_env = [
+        ("AWS_ACCESS_KEY_ID", "AKIDMOCK"),
+        ("AWS_SECRET_ACCESS_KEY", "wrong-secret"),
+        ("AWS_SESSION_TOKEN", "mock-session"),
+    ];
+    let bad = Gateway::start(
+        &config.replace("api_key_env: BEDROCK_KEY", "api_key_env: MOCK_OPENAI_KEY"),
+        &[bad_env[0], bad_env[1], bad_env[2], MOCK_KEY],
+    );
+    let resp = post_with(&bad, &user("hello", false), &[]).await;
+    assert_eq!(resp.status(), 403);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["type"], "permission_error");
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("signature we calculated does not match"));
+}

@@ -143,6 +143,8 @@ pub struct Recorded {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Value,
+    /// The body as received (for signature checks).
+    pub raw: Vec<u8>,
     /// Which accepted connection carried it (0, 1, ...).
     pub connection: usize,
 }
@@ -173,6 +175,11 @@ pub enum Reply {
     SseThenClose { pieces: Vec<String> },
     /// Chunked `application/x-ndjson` (Ollama's streaming).
     Ndjson { lines: Vec<String> },
+    /// Chunked binary pieces (Bedrock's event stream).
+    Binary {
+        content_type: String,
+        pieces: Vec<Vec<u8>>,
+    },
     /// Close the connection without answering.
     Close,
 }
@@ -304,6 +311,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             path,
             headers,
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            raw: body,
             connection,
         };
         log.lock().unwrap().push(rec.clone());
@@ -325,6 +333,26 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 if stream.write_all(head.as_bytes()).await.is_err()
                     || stream.write_all(body.as_bytes()).await.is_err()
                 {
+                    return;
+                }
+            }
+            Reply::Binary {
+                content_type,
+                pieces,
+            } => {
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n");
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for piece in pieces {
+                    let mut chunk = format!("{:x}\r\n", piece.len()).into_bytes();
+                    chunk.extend_from_slice(&piece);
+                    chunk.extend_from_slice(b"\r\n");
+                    if stream.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                if stream.write_all(b"0\r\n\r\n").await.is_err() {
                     return;
                 }
             }
