@@ -6,6 +6,7 @@ pub mod gateway;
 pub mod logging;
 pub mod protocol;
 pub mod providers;
+pub mod resilience;
 pub mod routing;
 pub mod server;
 pub mod upstream;

@@ -63,6 +63,38 @@ pub(super) fn apply(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -
             )),
         }
     }
+    let b = &mut config.resilience.circuit_breaker;
+    parse_into(
+        &get,
+        "CIRCUIT_BREAKER_FAILURE_THRESHOLD",
+        &mut b.failure_threshold,
+        &mut problems,
+    );
+    parse_into(
+        &get,
+        "CIRCUIT_BREAKER_SUCCESS_THRESHOLD",
+        &mut b.success_threshold,
+        &mut problems,
+    );
+    parse_into(
+        &get,
+        "CIRCUIT_BREAKER_TIMEOUT",
+        &mut b.open_ms,
+        &mut problems,
+    );
+    let s = &mut config.resilience.load_shedding;
+    parse_into(
+        &get,
+        "LOAD_SHEDDING_ACTIVE_REQUESTS_THRESHOLD",
+        &mut s.max_in_flight,
+        &mut problems,
+    );
+    parse_into(
+        &get,
+        "LOAD_SHEDDING_MEMORY_THRESHOLD",
+        &mut s.max_memory,
+        &mut problems,
+    );
     if let Some(v) = get("LYNKR_DEFAULT_MODEL") {
         config.models.default = Some(Targets::One(v));
     }

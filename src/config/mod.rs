@@ -4,9 +4,13 @@
 //! documents each one with its default.
 
 mod env;
+mod resilience;
 mod routing;
 mod validate;
 
+pub use resilience::{
+    BreakerConfig, RateLimitConfig, ResilienceConfig, RetryConfig, SheddingConfig,
+};
 pub use routing::{Balance, LongContextRoute, RoutingConfig, RuleConfig, Targets};
 
 pub use validate::AZURE_DEFAULT_API_VERSION;
@@ -30,6 +34,7 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: ModelsConfig,
     pub routing: RoutingConfig,
+    pub resilience: ResilienceConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

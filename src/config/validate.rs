@@ -151,6 +151,53 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
         }
     }
 
+    let r = &c.resilience;
+    if r.retry.max_attempts == 0 {
+        p.push(Problem::new(
+            "resilience.retry.max_attempts",
+            "must be at least 1",
+        ));
+    }
+    if r.retry.base_ms > r.retry.cap_ms {
+        p.push(Problem::new(
+            "resilience.retry.base_ms",
+            "must not exceed cap_ms",
+        ));
+    }
+    let b = &r.circuit_breaker;
+    for (name, v) in [
+        ("failure_threshold", b.failure_threshold as u64),
+        ("success_threshold", b.success_threshold as u64),
+        ("half_open_probes", b.half_open_probes as u64),
+        ("open_ms", b.open_ms),
+        ("window_secs", b.window_secs),
+    ] {
+        if v == 0 {
+            p.push(Problem::new(
+                format!("resilience.circuit_breaker.{name}"),
+                "must be greater than 0",
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&b.failure_rate) {
+        p.push(Problem::new(
+            "resilience.circuit_breaker.failure_rate",
+            "must be between 0 and 1",
+        ));
+    }
+    let s = &r.load_shedding;
+    if !(s.background_share > 0.0 && s.background_share <= 1.0) {
+        p.push(Problem::new(
+            "resilience.load_shedding.background_share",
+            "must be in (0, 1]",
+        ));
+    }
+    if s.max_memory < 0.0 {
+        p.push(Problem::new(
+            "resilience.load_shedding.max_memory",
+            "must not be negative",
+        ));
+    }
     if c.models.default.is_none() && c.models.routes.is_empty() {
         p.push(Problem::new(
             "models",

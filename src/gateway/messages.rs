@@ -4,10 +4,11 @@
 //! translate the answer back: JSON, or SSE event by event as it arrives.
 
 use super::{respond, Gateway, RequestCtx};
-use crate::protocol::error::ApiError;
+use crate::protocol::error::{ApiError, ErrorKind};
 use crate::protocol::sse::message_events;
 use crate::protocol::validate::parse_messages_request;
 use crate::providers::{Progress, Provider};
+use crate::resilience::breaker::Permit;
 use crate::routing::{needs, Features};
 use crate::upstream::Exchange;
 use bytes::{Bytes, BytesMut};
@@ -18,12 +19,6 @@ use std::time::Duration;
 /// After the end of a stream, how long to wait for the rest of the
 /// upstream body so the connection can go back to the pool.
 const DRAIN_AFTER_DONE: Duration = Duration::from_secs(1);
-
-/// Failures that move on to the route's next target: nothing was
-/// answered yet, and another provider may well succeed.
-fn falls_back(e: &ApiError) -> bool {
-    e.status == 429 || e.status >= 500
-}
 
 pub async fn handle(
     gw: &Gateway,
@@ -41,18 +36,94 @@ pub async fn handle(
         .decide(&features)
         .ok_or_else(|| ApiError::not_found(format!("model: no route for {:?}", req.model)))?;
     let needs = needs(&req, &features);
+    if features.background() {
+        gw.shedder.admit_background().map_err(|_| {
+            overloaded(
+                "background requests are shed under load",
+                gw.shedder.retry_after_secs,
+            )
+        })?;
+    }
 
-    let mut last_error: Option<ApiError> = None;
+    // Targets that can serve this request, in the route's order.
     let mut skipped = Vec::new();
-    for target in &decision.targets {
-        let provider = &target.provider;
-        let model = target.model_for(&req.model);
-        if let Some(missing) = provider.capabilities.lacks(&needs) {
-            skipped.push(format!("{} lacks {missing}", provider.name));
-            continue;
+    let eligible: Vec<_> = decision
+        .targets
+        .iter()
+        .filter(|t| match t.provider.capabilities.lacks(&needs) {
+            Some(missing) => {
+                skipped.push(format!("{} lacks {missing}", t.provider.name));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    if eligible.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "no target of route {:?} can serve this request: {}",
+            decision.route,
+            skipped.join("; ")
+        )));
+    }
+
+    // Every target gets a try; retries beyond the chain wrap around it.
+    let max_attempts = (gw.retry.max_attempts as usize).max(eligible.len());
+    let mut tried = vec![0u32; eligible.len()];
+    let mut last_error: Option<ApiError> = None;
+    let mut next = 0usize;
+    while (ctx.attempts as usize) < max_attempts {
+        // The next target whose breaker lets a request through.
+        let mut shortest_wait: Option<Duration> = None;
+        let mut chosen = None;
+        for k in 0..eligible.len() {
+            let i = (next + k) % eligible.len();
+            match gw.breaker(&eligible[i].provider.name).permit() {
+                Permit::Refused(wait) => {
+                    shortest_wait = Some(shortest_wait.map_or(wait, |w| w.min(wait)));
+                }
+                permit => {
+                    chosen = Some((i, permit));
+                    break;
+                }
+            }
         }
-        ctx.route = Some(format!("{}/{}/{model}", decision.route, provider.name));
+        let Some((i, permit)) = chosen else {
+            // Every target is open: fail fast rather than pile on.
+            return Err(last_error.unwrap_or_else(|| {
+                let secs = shortest_wait.map_or(1, |w| w.as_secs_f64().ceil().max(1.0) as u64);
+                overloaded(
+                    &format!(
+                        "every target of route {:?} is unavailable (circuit breaker open)",
+                        decision.route
+                    ),
+                    secs,
+                )
+            }));
+        };
+        let target = eligible[i];
+        let provider = &target.provider;
+        let breaker = gw.breaker(&provider.name);
+        let model = target.model_for(&req.model);
+        if tried[i] > 0 {
+            let wait = gw.retry.delay(
+                ctx.attempts,
+                last_error
+                    .as_ref()
+                    .and_then(|e| e.retry_after)
+                    .map(Duration::from_secs),
+            );
+            tokio::time::sleep(wait).await;
+        }
+        tried[i] += 1;
+        next = i + 1;
         ctx.attempts += 1;
+        ctx.route = Some(format!("{}/{}/{model}", decision.route, provider.name));
+        let failed = |ctx: &RequestCtx, err: ApiError, last: &mut Option<ApiError>| {
+            breaker.record(permit, false);
+            tracing::warn!(request_id = %ctx.request_id, route = ctx.route.as_deref(), attempt = ctx.attempts, error = %err, "attempt failed");
+            *last = Some(err);
+        };
+
         let prepared = provider.prepare(&req, &body, model, &client_headers)?;
         let endpoint = match prepared.path {
             Some(path) => std::borrow::Cow::Owned(crate::providers::Endpoint {
@@ -61,42 +132,43 @@ pub async fn handle(
             }),
             None => std::borrow::Cow::Borrowed(&provider.endpoint),
         };
-        let sent = gw
-            .upstream
-            .send(
-                provider,
-                &endpoint,
-                &prepared.headers,
-                prepared.body,
-                ctx.stream,
-                &ctx.request_id,
-            )
-            .await;
+        let sent = tokio::select! {
+            sent = gw.upstream.send(provider, &endpoint, &prepared.headers, prepared.body, ctx.stream, &ctx.request_id) => sent,
+            _ = client_closed(session) => return Err(client_disconnected()),
+        };
         let mut ex = match sent {
             Ok(ex) if (200..300).contains(&ex.status) => ex,
             Ok(ex) => {
                 let (err, ex) = ex.into_error(&provider.name).await;
                 gw.upstream.finish(ex).await;
-                if falls_back(&err) {
-                    tracing::warn!(request_id = %ctx.request_id, route = ctx.route.as_deref(), error = %err, "target failed, trying the next");
-                    last_error = Some(err);
+                if gw.retry.retries_status(err.status) || err.status == 529 {
+                    failed(ctx, err, &mut last_error);
                     continue;
                 }
+                // The provider answered; the request was at fault.
+                breaker.record(permit, true);
                 return Err(err);
             }
-            Err(err) if falls_back(&err) => {
-                tracing::warn!(request_id = %ctx.request_id, route = ctx.route.as_deref(), error = %err, "target failed, trying the next");
-                last_error = Some(err);
+            Err(err) if retryable(&err) => {
+                failed(ctx, err, &mut last_error);
                 continue;
             }
             Err(err) => return Err(err),
         };
+        breaker.record(permit, true);
         ctx.first_byte_ms = Some(ctx.started.elapsed().as_millis() as u64);
         let streamed = ex
             .header("content-type")
             .is_some_and(|c| provider.is_stream_response(c));
         if ctx.stream && streamed {
-            return stream(gw, session, ctx, ex, &req.model, provider).await;
+            match stream(gw, session, ctx, ex, &req.model, provider).await {
+                // Broken before its first byte reached the client: retry.
+                Err(err) if retryable(&err) => {
+                    failed(ctx, err, &mut last_error);
+                    continue;
+                }
+                other => return other,
+            }
         }
         let reply = match ex
             .read_all(&provider.name, gw.limits.max_response_bytes)
@@ -111,13 +183,33 @@ pub async fn handle(
         gw.upstream.finish(ex).await;
         return json_reply(session, ctx, provider, &reply, &req.model).await;
     }
-    Err(last_error.unwrap_or_else(|| {
-        ApiError::invalid(format!(
-            "no target of route {:?} can serve this request: {}",
-            decision.route,
-            skipped.join("; ")
-        ))
-    }))
+    Err(last_error.expect("at least one attempt was made"))
+}
+
+/// Transport failures (connect, timeout, broken stream) are worth another try.
+fn retryable(e: &ApiError) -> bool {
+    matches!(e.status, 502 | 504)
+}
+
+fn overloaded(message: &str, retry_after_secs: u64) -> ApiError {
+    let mut e = ApiError::new(ErrorKind::OverloadedError, message);
+    e.retry_after = Some(retry_after_secs);
+    e
+}
+
+fn client_disconnected() -> ApiError {
+    ApiError::api("client disconnected").with_status(499)
+}
+
+/// Resolves when the client closes its connection (it sends nothing more
+/// once its request body is read, so any end of input means it is gone).
+async fn client_closed(session: &mut Session) {
+    loop {
+        match session.read_body_or_idle(true).await {
+            Ok(Some(_)) => continue,
+            _ => return,
+        }
+    }
 }
 
 /// A whole upstream response, as JSON, or as an event sequence when the
@@ -171,9 +263,22 @@ async fn stream(
     let mut out = BytesMut::with_capacity(4096);
     let mut header_sent = false;
     loop {
-        let step = match ex.read(provider).await {
+        let read = tokio::select! {
+            read = ex.read(provider) => read,
+            _ = client_closed(session) => {
+                // Stop the upstream generating for nobody.
+                ex.abort().await;
+                return Err(client_disconnected());
+            }
+        };
+        let step = match read {
             Ok(Some(bytes)) => translator.feed(&bytes, &mut out),
             Ok(None) => translator.end_of_input(&mut out).map(|_| Progress::Done),
+            // Silence longer than `timeouts.read_ms`: a stalled stream.
+            Err(e) if e.status == 504 && header_sent => Err(overloaded(
+                &format!("upstream stream stalled: {}", e.message),
+                1,
+            )),
             Err(e) => Err(e),
         };
         let progress = match step {

@@ -7,13 +7,19 @@ mod ops;
 mod respond;
 
 use crate::config::{Config, LimitsConfig};
+use crate::protocol::error::{ApiError, ErrorKind};
 use crate::providers::Provider;
+use crate::resilience::backoff::RetryPolicy;
+use crate::resilience::breaker::Breaker;
+use crate::resilience::rate_limit::{Limited, RateLimiter};
+use crate::resilience::shedder::{InFlight, Shed, Shedder};
 use crate::routing::Router;
 use crate::upstream::UpstreamClient;
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_proxy::{ProxyHttp, Session};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +27,11 @@ pub struct Gateway {
     pub router: Router,
     pub upstream: UpstreamClient,
     pub limits: LimitsConfig,
+    pub retry: RetryPolicy,
+    /// One circuit breaker per provider, by name.
+    pub breakers: HashMap<String, Breaker>,
+    pub shedder: Shedder,
+    pub limiter: RateLimiter,
 }
 
 impl Gateway {
@@ -36,11 +47,47 @@ impl Gateway {
                     .map_err(|e| format!("providers.{name}: {e}"))
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        let r = &config.resilience;
         Ok(Gateway {
             router: Router::new(config, &providers)?,
             upstream: UpstreamClient::new(&config.timeouts),
             limits: config.limits.clone(),
+            retry: RetryPolicy::new(&r.retry),
+            breakers: providers
+                .iter()
+                .map(|p| (p.name.clone(), Breaker::new(&r.circuit_breaker)))
+                .collect(),
+            shedder: Shedder::new(&r.load_shedding),
+            limiter: RateLimiter::new(&r.rate_limit),
         })
+    }
+
+    /// The breaker of a configured provider.
+    pub fn breaker(&self, provider: &str) -> &Breaker {
+        &self.breakers[provider]
+    }
+}
+
+/// Health, metrics and the root answer even under overload.
+fn is_ops_path(path: &str) -> bool {
+    path == "/" || path.starts_with("/health/") || path.starts_with("/metrics")
+}
+
+/// The rate-limit key: the client's API key (hashed, never kept), else its address.
+fn client_key(session: &Session) -> String {
+    let h = &session.req_header().headers;
+    match h.get("x-api-key").or_else(|| h.get("authorization")) {
+        Some(k) => format!(
+            "key:{:016x}",
+            crate::routing::fnv1a(k.to_str().unwrap_or(""))
+        ),
+        None => format!(
+            "addr:{}",
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet().map(|i| i.ip().to_string()))
+                .unwrap_or_default()
+        ),
     }
 }
 
@@ -59,6 +106,11 @@ pub struct RequestCtx {
     pub output_tokens: u64,
     pub first_byte_ms: Option<u64>,
     pub error: Option<String>,
+    /// Set when the request was refused before its body was read.
+    pub rejected: Option<ApiError>,
+    /// Held for the request's life: its in-flight slots.
+    pub in_flight: Option<InFlight>,
+    pub key_in_flight: Option<pingora_limits::inflight::Guard>,
 }
 
 #[async_trait]
@@ -78,6 +130,9 @@ impl ProxyHttp for Gateway {
             output_tokens: 0,
             first_byte_ms: None,
             error: None,
+            rejected: None,
+            in_flight: None,
+            key_in_flight: None,
         }
     }
 
@@ -95,19 +150,65 @@ impl ProxyHttp for Gateway {
             .filter(|v| !v.is_empty() && v.len() <= 128)
             .map(str::to_owned)
             .unwrap_or_else(|| format!("req_{:016x}", crate::util::unique_id()));
+        // Load shedding, before any body is read.
+        if !is_ops_path(session.req_header().uri.path()) {
+            match self.shedder.admit() {
+                Ok(guard) => ctx.in_flight = Some(guard),
+                Err(why) => {
+                    let mut e = ApiError::new(
+                        ErrorKind::OverloadedError,
+                        match why {
+                            Shed::Memory => "Lynkr is overloaded (memory); retry later",
+                            _ => "Lynkr is overloaded (too many requests in flight); retry later",
+                        },
+                    );
+                    e.retry_after = Some(self.shedder.retry_after_secs);
+                    ctx.rejected = Some(e);
+                }
+            }
+        }
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        if let Some(e) = ctx.rejected.take() {
+            respond::error(session, ctx, &e).await;
+            return Ok(true);
+        }
+        if self.limiter.enabled() && !is_ops_path(&path) {
+            match self.limiter.check(&client_key(session)) {
+                Ok(guard) => ctx.key_in_flight = guard,
+                Err(limited) => {
+                    let mut e = ApiError::new(
+                        ErrorKind::RateLimitError,
+                        match limited {
+                            Limited::PerMinute(n) => format!(
+                                "rate limit: more than {n} requests per minute for this key"
+                            ),
+                            Limited::InFlight(n) => {
+                                format!("rate limit: more than {n} requests in flight for this key")
+                            }
+                        },
+                    );
+                    e.retry_after = Some(match limited {
+                        Limited::PerMinute(_) => 60,
+                        Limited::InFlight(_) => 1,
+                    });
+                    respond::error(session, ctx, &e).await;
+                    return Ok(true);
+                }
+            }
+        }
         let result = match (method.as_str(), path.as_str()) {
             ("POST", "/v1/messages") => messages::handle(self, session, ctx).await,
             ("POST", "/v1/messages/count_tokens") => ops::count_tokens(self, session, ctx).await,
             ("GET", "/v1/models") => ops::models(self, session, ctx).await,
             ("GET" | "HEAD", "/") => ops::root(session, ctx).await,
             ("GET" | "HEAD", "/health/live" | "/health/ready") => ops::health(session, ctx).await,
-            _ => Err(crate::protocol::error::ApiError::not_found(format!(
+            ("GET", "/metrics/circuit-breakers") => ops::circuit_breakers(self, session, ctx).await,
+            _ => Err(ApiError::not_found(format!(
                 "{method} {path}: no such endpoint"
             ))),
         };

@@ -21,6 +21,27 @@ pub async fn health(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), A
     Ok(())
 }
 
+/// Each provider's circuit breaker, as JSON.
+pub async fn circuit_breakers(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), ApiError> {
+    let states: serde_json::Map<String, serde_json::Value> = gw
+        .breakers
+        .iter()
+        .map(|(name, b)| {
+            (
+                name.clone(),
+                serde_json::to_value(b.snapshot()).expect("snapshot serializes"),
+            )
+        })
+        .collect();
+    let body = json!({"providers": states});
+    respond::json(session, ctx, 200, body.to_string().into_bytes()).await;
+    Ok(())
+}
+
 /// The names the configuration routes, in Anthropic's list shape.
 pub async fn models(
     gw: &Gateway,

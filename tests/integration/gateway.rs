@@ -236,7 +236,12 @@ async fn upstream_errors_keep_status_type_and_wording() {
         }
     })
     .await;
-    let gw = Gateway::start(&openai_provider(mock.addr), &[MOCK_KEY]);
+    // One attempt and no breaker: this test is about how each error reads.
+    let no_retry = "resilience: {retry: {max_attempts: 1}, circuit_breaker: {enabled: false}}\n";
+    let gw = Gateway::start(
+        &format!("{no_retry}{}", openai_provider(mock.addr)),
+        &[MOCK_KEY],
+    );
     for (code, status, kind, wording) in [
         (
             "400",
