@@ -27,6 +27,7 @@ fn embedded_default_is_valid_and_matches_the_code_defaults() {
     assert_eq!(c.limits, LimitsConfig::default());
     assert_eq!(c.timeouts, TimeoutsConfig::default());
     assert_eq!(c.logging, LoggingConfig::default());
+    assert_eq!(c.resilience, ResilienceConfig::default());
     assert_eq!(c.models.default, Some(Targets::One("local".into())));
 }
 
@@ -363,5 +364,46 @@ fn bedrock_needs_credentials_and_takes_the_original_environment() {
     assert_eq!(
         c.providers["bedrock"].api_key_env.as_deref(),
         Some("AWS_BEDROCK_API_KEY")
+    );
+}
+
+#[test]
+fn original_resilience_variables_are_read() {
+    let c = Config::load_with_env(
+        None,
+        &env_of(&[
+            ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "7"),
+            ("CIRCUIT_BREAKER_SUCCESS_THRESHOLD", "4"),
+            ("CIRCUIT_BREAKER_TIMEOUT", "45000"),
+            ("LOAD_SHEDDING_ACTIVE_REQUESTS_THRESHOLD", "64"),
+            ("LOAD_SHEDDING_MEMORY_THRESHOLD", "0.85"),
+        ]),
+    )
+    .unwrap();
+    let b = &c.resilience.circuit_breaker;
+    assert_eq!(
+        (b.failure_threshold, b.success_threshold, b.open_ms),
+        (7, 4, 45000)
+    );
+    let s = &c.resilience.load_shedding;
+    assert_eq!((s.max_in_flight, s.max_memory), (64, 0.85));
+    let errs = Config::load_with_env(None, &env_of(&[("CIRCUIT_BREAKER_TIMEOUT", "soon")]))
+        .unwrap_err()
+        .0;
+    assert_eq!(errs[0].path, "CIRCUIT_BREAKER_TIMEOUT");
+    let errs = load_text(
+        "resilience: {retry: {max_attempts: 0}, circuit_breaker: {failure_rate: 2}}\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("resilience.retry.max_attempts: must be at least 1")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("resilience.circuit_breaker.failure_rate")),
+        "{errs:?}"
     );
 }

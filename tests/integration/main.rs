@@ -5,4 +5,5 @@ mod claude_code;
 mod common;
 mod gateway;
 mod providers;
+mod resilience;
 mod sdk;

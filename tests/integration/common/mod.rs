@@ -29,9 +29,14 @@ impl Gateway {
     pub fn start(providers_and_models: &str, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let dir = scratch_dir("gw");
+        // Short timeouts for tests, unless the test brings its own.
+        let timeouts = if providers_and_models.contains("timeouts:") {
+            ""
+        } else {
+            "timeouts:\n  connect_ms: 2000\n  first_byte_ms: 10000\n  read_ms: 10000\n"
+        };
         let config = format!(
-            "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 2\n  pid_file: {d}/lynkr.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n\
-             timeouts:\n  connect_ms: 2000\n  first_byte_ms: 10000\n  read_ms: 10000\n{providers_and_models}",
+            "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 2\n  pid_file: {d}/lynkr.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n{timeouts}{providers_and_models}",
             d = dir.display()
         );
         let path = dir.join("lynkr.yaml");
@@ -180,6 +185,13 @@ pub enum Reply {
         content_type: String,
         pieces: Vec<Vec<u8>>,
     },
+    /// The pieces, then silence for `stall`, then a proper end.
+    SseStall {
+        pieces: Vec<String>,
+        stall: Duration,
+    },
+    /// Wait, then answer.
+    Delayed { delay: Duration, reply: Box<Reply> },
     /// Close the connection without answering.
     Close,
 }
@@ -190,6 +202,8 @@ pub struct MockUpstream {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     pub connections: Arc<AtomicUsize>,
+    /// Streams cut short because the gateway closed the connection.
+    pub aborted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -216,8 +230,9 @@ impl MockUpstream {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let aborted = Arc::new(AtomicUsize::new(0));
         let script: Script = Arc::new(script);
-        let (reqs, conns) = (requests.clone(), connections.clone());
+        let (reqs, conns, ab) = (requests.clone(), connections.clone(), aborted.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -225,17 +240,17 @@ impl MockUpstream {
                 };
                 stream.set_nodelay(true).unwrap();
                 let n = conns.fetch_add(1, Ordering::SeqCst);
-                let (script, reqs) = (script.clone(), reqs.clone());
+                let (script, reqs, ab) = (script.clone(), reqs.clone(), ab.clone());
                 match &tls {
                     None => {
-                        tokio::spawn(serve(stream, n, script, reqs));
+                        tokio::spawn(serve(stream, n, script, reqs, ab));
                     }
                     Some(acceptor) => {
                         let acceptor = acceptor.clone();
                         tokio::spawn(async move {
                             // A failed handshake (an untrusted client) just closes.
                             if let Ok(s) = acceptor.accept(stream).await {
-                                serve(s, n, script, reqs).await;
+                                serve(s, n, script, reqs, ab).await;
                             }
                         });
                     }
@@ -246,6 +261,7 @@ impl MockUpstream {
             addr,
             requests,
             connections,
+            aborted,
             task,
         }
     }
@@ -273,6 +289,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     connection: usize,
     script: Script,
     log: Arc<Mutex<Vec<Recorded>>>,
+    aborted: Arc<AtomicUsize>,
 ) {
     let mut reader = BufReader::new(stream);
     loop {
@@ -316,7 +333,26 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         };
         log.lock().unwrap().push(rec.clone());
         let stream = reader.get_mut();
-        match script(&rec) {
+        let mut reply = script(&rec);
+        if let Reply::Delayed {
+            delay,
+            reply: inner,
+        } = reply
+        {
+            tokio::time::sleep(delay).await;
+            reply = *inner;
+        }
+        match reply {
+            Reply::Delayed { .. } => unreachable!("unwrapped above"),
+            Reply::SseStall { pieces, stall } => {
+                if write_sse(stream, &pieces, Duration::ZERO).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(stall).await;
+                if stream.write_all(b"0\r\n\r\n").await.is_err() {
+                    return;
+                }
+            }
             Reply::Json {
                 status,
                 body,
@@ -369,6 +405,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 if write_sse(stream, &pieces, delay).await.is_err()
                     || stream.write_all(b"0\r\n\r\n").await.is_err()
                 {
+                    aborted.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
             }

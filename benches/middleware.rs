@@ -1,0 +1,36 @@
+//! The per-request resilience middleware: load-shedding admission, the
+//! rate-limit check, the circuit-breaker permit and its outcome record.
+//! `cargo bench --bench middleware`; figures are recorded in the README.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use lynkr::config::{BreakerConfig, RateLimitConfig, SheddingConfig};
+use lynkr::resilience::breaker::Breaker;
+use lynkr::resilience::rate_limit::RateLimiter;
+use lynkr::resilience::shedder::Shedder;
+
+fn middleware(c: &mut Criterion) {
+    let shedder = Shedder::new(&SheddingConfig {
+        max_in_flight: 1024,
+        // Memory check on: RSS is sampled at most every 250 ms.
+        max_memory: 0.9,
+        ..Default::default()
+    });
+    let limiter = RateLimiter::new(&RateLimitConfig {
+        requests_per_minute: u64::MAX / 2,
+        max_in_flight_per_key: 1_000_000,
+    });
+    let breaker = Breaker::new(&BreakerConfig::default());
+    let key = "key:5f1c2a9e0b7d4c3a";
+    c.bench_function("per_request_middleware", |b| {
+        b.iter(|| {
+            let slot = shedder.admit().unwrap();
+            let guard = limiter.check(black_box(key)).unwrap();
+            let permit = breaker.permit();
+            breaker.record(permit, true);
+            drop((guard, slot));
+        })
+    });
+}
+
+criterion_group!(benches, middleware);
+criterion_main!(benches);
