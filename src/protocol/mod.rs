@@ -2,5 +2,6 @@
 
 pub mod anthropic;
 pub mod error;
+pub mod events;
 pub mod sse;
 pub mod validate;

@@ -124,57 +124,33 @@ pub fn write_event(out: &mut BytesMut, name: &str, data: &serde_json::Value) {
 /// A whole message as the event sequence a streaming client expects
 /// (used when an upstream answered a streaming request with plain JSON).
 pub fn message_events(msg: &MessageResponse) -> BytesMut {
+    use super::events::*;
     let mut out = BytesMut::new();
-    let mut start = serde_json::to_value(msg).expect("message serializes");
-    start["content"] = serde_json::json!([]);
-    start["stop_reason"] = serde_json::Value::Null;
-    write_event(
-        &mut out,
-        "message_start",
-        &serde_json::json!({"type": "message_start", "message": start}),
-    );
-    for (index, block) in msg.content.iter().enumerate() {
-        let (empty, delta) = match block {
-            ResponseBlock::Text { text } => (
-                serde_json::json!({"type": "text", "text": ""}),
-                serde_json::json!({"type": "text_delta", "text": text}),
-            ),
+    let mut ev = EventWriter::new(msg.model.clone());
+    ev.start(&msg.id, &mut out);
+    for (i, block) in msg.content.iter().enumerate() {
+        let (kind, empty, delta) = match block {
+            ResponseBlock::Text { text } => (BlockKind::Text, empty_text(), text_delta(text)),
             ResponseBlock::Thinking { thinking, .. } => (
-                serde_json::json!({"type": "thinking", "thinking": "", "signature": ""}),
-                serde_json::json!({"type": "thinking_delta", "thinking": thinking}),
+                BlockKind::Thinking,
+                empty_thinking(),
+                thinking_delta(thinking),
             ),
             ResponseBlock::ToolUse { id, name, input } => (
-                serde_json::json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
-                serde_json::json!({"type": "input_json_delta", "partial_json": input.to_string()}),
+                BlockKind::ToolUse,
+                empty_tool_use(id, name),
+                input_json_delta(&input.to_string()),
             ),
         };
-        write_event(
-            &mut out,
-            "content_block_start",
-            &serde_json::json!({"type": "content_block_start", "index": index, "content_block": empty}),
-        );
-        write_event(
-            &mut out,
-            "content_block_delta",
-            &serde_json::json!({"type": "content_block_delta", "index": index, "delta": delta}),
-        );
-        write_event(
-            &mut out,
-            "content_block_stop",
-            &serde_json::json!({"type": "content_block_stop", "index": index}),
-        );
+        ev.open(BlockKey::new(kind, i as u64), || empty, &mut out);
+        ev.delta(delta, &mut out);
+        ev.close(&mut out);
     }
-    write_event(
+    ev.finish(
+        msg.stop_reason
+            .unwrap_or(super::anthropic::StopReason::EndTurn),
+        &msg.usage,
         &mut out,
-        "message_delta",
-        &serde_json::json!({"type": "message_delta",
-        "delta": {"stop_reason": msg.stop_reason, "stop_sequence": msg.stop_sequence},
-        "usage": msg.usage}),
-    );
-    write_event(
-        &mut out,
-        "message_stop",
-        &serde_json::json!({"type": "message_stop"}),
     );
     out
 }

@@ -10,7 +10,10 @@ use crate::protocol::anthropic::{
     TextOrBlocks, Thinking, ToolChoice, ToolResultBlock, Usage,
 };
 use crate::protocol::error::ApiError;
-use crate::protocol::sse::write_event;
+use crate::protocol::events::{
+    empty_text, empty_thinking, empty_tool_use, input_json_delta, new_message_id, text_delta,
+    thinking_delta, BlockKey, BlockKind, EventWriter,
+};
 use crate::protocol::validate::parse_json;
 use aws_credential_types::Credentials;
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
@@ -353,7 +356,7 @@ pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, Ap
         }
     }
     Ok(MessageResponse {
-        id: format!("msg_lynkr_{:016x}", crate::util::unique_id()),
+        id: new_message_id(),
         kind: "message",
         role: "assistant",
         model: client_model.to_string(),
@@ -364,39 +367,23 @@ pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, Ap
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Open {
-    Text,
-    Thinking,
-    Tool,
-}
-
 /// ConverseStream event-stream frames -> Anthropic events.
 pub struct StreamTranslator {
-    model: String,
+    events: EventWriter,
     buf: BytesMut,
     decoder: MessageFrameDecoder,
-    started: bool,
-    /// Bedrock's block index of the open block, and its kind.
-    open: Option<(u64, Open)>,
-    next_index: usize,
     stop: Option<StopReason>,
     usage: Usage,
-    done: bool,
 }
 
 impl StreamTranslator {
     pub fn new(model: impl Into<String>) -> Self {
         StreamTranslator {
-            model: model.into(),
+            events: EventWriter::new(model),
             buf: BytesMut::new(),
             decoder: MessageFrameDecoder::new(),
-            started: false,
-            open: None,
-            next_index: 0,
             stop: None,
             usage: Usage::default(),
-            done: false,
         }
     }
 
@@ -406,7 +393,7 @@ impl StreamTranslator {
 
     pub fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) -> Result<Progress, ApiError> {
         self.buf.extend_from_slice(bytes);
-        while !self.done {
+        while !self.events.finished() {
             let frame = self.decoder.decode_frame(&mut self.buf).map_err(|e| {
                 ApiError::api(format!("malformed upstream event stream: {e}")).with_status(502)
             })?;
@@ -445,7 +432,7 @@ impl StreamTranslator {
                 out,
             );
         }
-        Ok(if self.done {
+        Ok(if self.events.finished() {
             Progress::Done
         } else {
             Progress::Continue
@@ -453,10 +440,12 @@ impl StreamTranslator {
     }
 
     pub fn end_of_input(&mut self, out: &mut BytesMut) -> Result<(), ApiError> {
-        if !self.done && self.stop.is_some() && self.buf.is_empty() {
-            self.finish(out);
+        // Usage metadata follows messageStop; a stream cut just before it is whole.
+        if let (false, Some(stop), true) = (self.events.finished(), self.stop, self.buf.is_empty())
+        {
+            self.events.finish(stop, &self.usage, out);
         }
-        if self.done {
+        if self.events.finished() {
             Ok(())
         } else {
             Err(
@@ -467,16 +456,19 @@ impl StreamTranslator {
     }
 
     fn event(&mut self, kind: &str, p: &Value, out: &mut BytesMut) {
-        self.start(out);
+        self.events.start(&new_message_id(), out);
         let index = p["contentBlockIndex"].as_u64().unwrap_or(0);
+        let ev = &mut self.events;
         match kind {
             "contentBlockStart" => {
                 if let Some(tool) = p.pointer("/start/toolUse") {
-                    self.open_block(
-                        index,
-                        Open::Tool,
-                        json!({"type": "tool_use",
-                        "id": tool["toolUseId"], "name": tool["name"], "input": {}}),
+                    let (id, name) = (
+                        tool["toolUseId"].as_str().unwrap_or(""),
+                        tool["name"].as_str().unwrap_or(""),
+                    );
+                    ev.open(
+                        BlockKey::new(BlockKind::ToolUse, index),
+                        || empty_tool_use(id, name),
                         out,
                     );
                 }
@@ -484,108 +476,41 @@ impl StreamTranslator {
             "contentBlockDelta" => {
                 let d = &p["delta"];
                 if let Some(text) = d["text"].as_str() {
-                    self.open_block(index, Open::Text, json!({"type": "text", "text": ""}), out);
-                    self.delta(json!({"type": "text_delta", "text": text}), out);
+                    ev.open(BlockKey::new(BlockKind::Text, index), empty_text, out);
+                    ev.delta(text_delta(text), out);
                 } else if let Some(input) = d.pointer("/toolUse/input").and_then(Value::as_str) {
-                    self.delta(
-                        json!({"type": "input_json_delta", "partial_json": input}),
-                        out,
-                    );
+                    ev.delta(input_json_delta(input), out);
                 } else if let Some(r) = d.get("reasoningContent") {
-                    self.open_block(
-                        index,
-                        Open::Thinking,
-                        json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    ev.open(
+                        BlockKey::new(BlockKind::Thinking, index),
+                        empty_thinking,
                         out,
                     );
                     if let Some(t) = r["text"].as_str() {
-                        self.delta(json!({"type": "thinking_delta", "thinking": t}), out);
+                        ev.delta(thinking_delta(t), out);
                     }
                     if let Some(s) = r["signature"].as_str() {
-                        self.delta(json!({"type": "signature_delta", "signature": s}), out);
+                        ev.delta(json!({"type": "signature_delta", "signature": s}), out);
                     }
                 }
             }
-            "contentBlockStop" => self.close(out),
+            "contentBlockStop" => {
+                ev.close(out);
+            }
             "messageStop" => {
-                self.close(out);
+                ev.close(out);
                 self.stop = Some(stop_reason(p["stopReason"].as_str().unwrap_or("end_turn")));
             }
             "metadata" => {
                 if let Ok(u) = serde_json::from_value::<ConverseUsage>(p["usage"].clone()) {
                     self.usage = u.into();
                 }
-                if self.stop.is_some() {
-                    self.finish(out);
+                if let Some(stop) = self.stop {
+                    self.events.finish(stop, &self.usage, out);
                 }
             }
             _ => {}
         }
-    }
-
-    fn start(&mut self, out: &mut BytesMut) {
-        if self.started {
-            return;
-        }
-        self.started = true;
-        write_event(
-            out,
-            "message_start",
-            &json!({"type": "message_start", "message": {
-            "id": format!("msg_lynkr_{:016x}", crate::util::unique_id()),
-            "type": "message", "role": "assistant", "model": self.model, "content": [],
-            "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 0, "output_tokens": 0}}}),
-        );
-    }
-
-    fn open_block(&mut self, index: u64, kind: Open, block: Value, out: &mut BytesMut) {
-        if self.open == Some((index, kind)) {
-            return;
-        }
-        self.close(out);
-        write_event(
-            out,
-            "content_block_start",
-            &json!({"type": "content_block_start",
-            "index": self.next_index, "content_block": block}),
-        );
-        self.open = Some((index, kind));
-    }
-
-    fn delta(&mut self, delta: Value, out: &mut BytesMut) {
-        if self.open.is_some() {
-            write_event(
-                out,
-                "content_block_delta",
-                &json!({"type": "content_block_delta",
-                "index": self.next_index, "delta": delta}),
-            );
-        }
-    }
-
-    fn close(&mut self, out: &mut BytesMut) {
-        if self.open.take().is_some() {
-            write_event(
-                out,
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": self.next_index}),
-            );
-            self.next_index += 1;
-        }
-    }
-
-    fn finish(&mut self, out: &mut BytesMut) {
-        self.close(out);
-        write_event(
-            out,
-            "message_delta",
-            &json!({"type": "message_delta",
-            "delta": {"stop_reason": self.stop.unwrap_or(StopReason::EndTurn), "stop_sequence": null},
-            "usage": self.usage}),
-        );
-        write_event(out, "message_stop", &json!({"type": "message_stop"}));
-        self.done = true;
     }
 }
 

@@ -13,7 +13,10 @@ use crate::protocol::anthropic::{
     MessageResponse, MessagesRequest, ResponseBlock, StopReason, Usage,
 };
 use crate::protocol::error::ApiError;
-use crate::protocol::sse::write_event;
+use crate::protocol::events::{
+    empty_text, empty_thinking, empty_tool_use, input_json_delta, new_message_id, text_delta,
+    thinking_delta, BlockKey, BlockKind, EventWriter,
+};
 use crate::protocol::validate::parse_json;
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
@@ -285,7 +288,7 @@ pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, Ap
         });
     }
     Ok(MessageResponse {
-        id: format!("msg_lynkr_{:016x}", crate::util::unique_id()),
+        id: new_message_id(),
         kind: "message",
         role: "assistant",
         model: client_model.to_string(),
@@ -296,23 +299,13 @@ pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, Ap
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Block {
-    Text,
-    Thinking,
-}
-
 /// NDJSON chunks -> Anthropic events. Text and thinking stream as deltas;
 /// Ollama sends each tool call whole, so each becomes one complete block.
 pub struct StreamTranslator {
-    model: String,
+    events: EventWriter,
     buf: Vec<u8>,
-    started: bool,
-    open: Option<Block>,
-    next_index: usize,
-    saw_tool_call: bool,
+    tool_calls: u64,
     usage: Usage,
-    done: bool,
 }
 
 /// A single NDJSON line larger than this is a protocol error.
@@ -321,14 +314,10 @@ const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 impl StreamTranslator {
     pub fn new(model: impl Into<String>) -> Self {
         StreamTranslator {
-            model: model.into(),
+            events: EventWriter::new(model),
             buf: Vec::new(),
-            started: false,
-            open: None,
-            next_index: 0,
-            saw_tool_call: false,
+            tool_calls: 0,
             usage: Usage::default(),
-            done: false,
         }
     }
 
@@ -336,11 +325,15 @@ impl StreamTranslator {
         self.usage
     }
 
+    fn done(&self) -> bool {
+        self.events.finished()
+    }
+
     pub fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) -> Result<Progress, ApiError> {
         self.buf.extend_from_slice(bytes);
         while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.buf.drain(..=pos).collect();
-            if self.done || line.iter().all(u8::is_ascii_whitespace) {
+            if self.done() || line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             let chunk: OllamaChunk = serde_json::from_slice(&line).map_err(|e| {
@@ -351,7 +344,7 @@ impl StreamTranslator {
         if self.buf.len() > MAX_LINE_BYTES {
             return Err(ApiError::api("upstream sent an oversized stream line").with_status(502));
         }
-        Ok(if self.done {
+        Ok(if self.done() {
             Progress::Done
         } else {
             Progress::Continue
@@ -359,14 +352,14 @@ impl StreamTranslator {
     }
 
     pub fn end_of_input(&mut self, out: &mut BytesMut) -> Result<(), ApiError> {
-        if !self.done && !self.buf.iter().all(u8::is_ascii_whitespace) {
+        if !self.done() && !self.buf.iter().all(u8::is_ascii_whitespace) {
             // A last line without its newline.
             let rest = std::mem::take(&mut self.buf);
             if let Ok(chunk) = serde_json::from_slice::<OllamaChunk>(&rest) {
                 self.chunk(chunk, out)?;
             }
         }
-        if self.done {
+        if self.done() {
             Ok(())
         } else {
             Err(
@@ -380,115 +373,34 @@ impl StreamTranslator {
         if let Some(err) = chunk.error {
             return Err(ApiError::api(err).with_status(502));
         }
-        self.start(out);
+        self.events.start(&new_message_id(), out);
         if let Some(m) = &chunk.message {
             if let Some(t) = m.thinking.as_deref().filter(|t| !t.is_empty()) {
-                self.delta(
-                    Block::Thinking,
-                    json!({"type": "thinking_delta", "thinking": t}),
-                    out,
-                );
+                self.events
+                    .open(BlockKey::new(BlockKind::Thinking, 0), empty_thinking, out);
+                self.events.delta(thinking_delta(t), out);
             }
             if !m.content.is_empty() {
-                self.delta(
-                    Block::Text,
-                    json!({"type": "text_delta", "text": m.content}),
-                    out,
-                );
+                self.events
+                    .open(BlockKey::new(BlockKind::Text, 0), empty_text, out);
+                self.events.delta(text_delta(&m.content), out);
+            }
+            for call in &m.tool_calls {
+                let args = arguments_object(call.function.arguments.clone());
+                let key = BlockKey::new(BlockKind::ToolUse, self.tool_calls);
+                self.tool_calls += 1;
+                self.events
+                    .open(key, || empty_tool_use(&tool_id(), &call.function.name), out);
+                self.events.delta(input_json_delta(&args.to_string()), out);
+                self.events.close(out);
             }
         }
-        let calls = chunk.message.as_ref().map_or(Vec::new(), |m| {
-            m.tool_calls
-                .iter()
-                .map(|c| {
-                    (
-                        c.function.name.clone(),
-                        arguments_object(c.function.arguments.clone()),
-                    )
-                })
-                .collect()
-        });
-        for (name, args) in calls {
-            self.close(out);
-            self.saw_tool_call = true;
-            let index = self.next_index;
-            let start = json!({"type": "content_block_start", "index": index,
-                "content_block": {"type": "tool_use", "id": tool_id(), "name": name, "input": {}}});
-            write_event(out, "content_block_start", &start);
-            let delta = json!({"type": "content_block_delta", "index": index,
-                "delta": {"type": "input_json_delta", "partial_json": args.to_string()}});
-            write_event(out, "content_block_delta", &delta);
-            write_event(
-                out,
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": index}),
-            );
-            self.next_index += 1;
-        }
         if chunk.done {
-            self.close(out);
             self.usage = chunk.usage();
-            let stop = chunk.stop_reason(self.saw_tool_call);
-            write_event(
-                out,
-                "message_delta",
-                &json!({"type": "message_delta",
-                "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": self.usage}),
-            );
-            write_event(out, "message_stop", &json!({"type": "message_stop"}));
-            self.done = true;
+            let stop = chunk.stop_reason(self.tool_calls > 0);
+            self.events.finish(stop, &self.usage, out);
         }
         Ok(())
-    }
-
-    fn start(&mut self, out: &mut BytesMut) {
-        if self.started {
-            return;
-        }
-        self.started = true;
-        write_event(
-            out,
-            "message_start",
-            &json!({"type": "message_start", "message": {
-            "id": format!("msg_lynkr_{:016x}", crate::util::unique_id()),
-            "type": "message", "role": "assistant", "model": self.model, "content": [],
-            "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 0, "output_tokens": 0}}}),
-        );
-    }
-
-    fn delta(&mut self, kind: Block, delta: Value, out: &mut BytesMut) {
-        if self.open != Some(kind) {
-            self.close(out);
-            let block = match kind {
-                Block::Text => json!({"type": "text", "text": ""}),
-                Block::Thinking => json!({"type": "thinking", "thinking": "", "signature": ""}),
-            };
-            write_event(
-                out,
-                "content_block_start",
-                &json!({"type": "content_block_start",
-                "index": self.next_index, "content_block": block}),
-            );
-            self.open = Some(kind);
-        }
-        write_event(
-            out,
-            "content_block_delta",
-            &json!({"type": "content_block_delta",
-            "index": self.next_index, "delta": delta}),
-        );
-    }
-
-    fn close(&mut self, out: &mut BytesMut) {
-        if self.open.take().is_some() {
-            write_event(
-                out,
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": self.next_index}),
-            );
-            self.next_index += 1;
-        }
     }
 }
 

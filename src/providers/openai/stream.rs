@@ -7,10 +7,14 @@
 use super::response::{message_id, reasoning_text, stop_reason, ChatUsage};
 use crate::protocol::anthropic::{StopReason, Usage};
 use crate::protocol::error::ApiError;
-use crate::protocol::sse::{write_event, SseEvent, SseParser};
+use crate::protocol::events::{
+    empty_text, empty_thinking, empty_tool_use, input_json_delta, text_delta, thinking_delta,
+    BlockKey, BlockKind, EventWriter,
+};
+use crate::protocol::sse::{SseEvent, SseParser};
 use bytes::BytesMut;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 #[derive(Debug, Deserialize)]
 struct Chunk {
@@ -65,46 +69,39 @@ struct FunctionDelta {
     arguments: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Block {
-    Text,
-    Thinking,
-    /// A tool call, by its OpenAI `index`.
-    Tool(usize),
-}
-
 pub use crate::providers::Progress;
 
 pub struct StreamTranslator {
-    model: String,
+    events: EventWriter,
     parser: SseParser,
-    events: Vec<SseEvent>,
-    started: bool,
-    open: Option<Block>,
-    next_index: usize,
+    sse: Vec<SseEvent>,
     /// OpenAI tool indexes whose block was already closed.
-    closed_tools: Vec<usize>,
+    closed_tools: Vec<u64>,
     finish_reason: Option<String>,
     saw_tool_call: bool,
     usage: Usage,
-    done: bool,
 }
+
+const TEXT: BlockKey = BlockKey {
+    kind: BlockKind::Text,
+    upstream_index: 0,
+};
+const THINKING: BlockKey = BlockKey {
+    kind: BlockKind::Thinking,
+    upstream_index: 0,
+};
 
 impl StreamTranslator {
     /// `model` is the name the client asked for, echoed in `message_start`.
     pub fn new(model: impl Into<String>) -> Self {
         StreamTranslator {
-            model: model.into(),
+            events: EventWriter::new(model),
             parser: SseParser::new(),
-            events: Vec::new(),
-            started: false,
-            open: None,
-            next_index: 0,
+            sse: Vec::new(),
             closed_tools: Vec::new(),
             finish_reason: None,
             saw_tool_call: false,
             usage: Usage::default(),
-            done: false,
         }
     }
 
@@ -112,22 +109,16 @@ impl StreamTranslator {
         self.usage
     }
 
-    /// True once `message_start` has been produced, i.e. the client has (or
-    /// will have) seen bytes of this response.
-    pub fn started(&self) -> bool {
-        self.started
-    }
-
     /// Feed upstream bytes; append Anthropic events to `out`. An error means
     /// the stream cannot go on: the caller sends it as `event: error`.
     pub fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) -> Result<Progress, ApiError> {
-        if self.done {
+        if self.events.finished() {
             return Ok(Progress::Done);
         }
-        self.parser.feed(bytes, &mut self.events).map_err(|_| {
+        self.parser.feed(bytes, &mut self.sse).map_err(|_| {
             ApiError::api("upstream sent an oversized stream event").with_status(502)
         })?;
-        let events = std::mem::take(&mut self.events);
+        let events = std::mem::take(&mut self.sse);
         for event in &events {
             let data = event.data.trim();
             if data.is_empty() {
@@ -142,9 +133,9 @@ impl StreamTranslator {
             })?;
             self.chunk(chunk, out)?;
         }
-        self.events = events;
-        self.events.clear();
-        Ok(if self.done {
+        self.sse = events;
+        self.sse.clear();
+        Ok(if self.events.finished() {
             Progress::Done
         } else {
             Progress::Continue
@@ -155,7 +146,7 @@ impl StreamTranslator {
     /// is an error; one that gave a finish reason (some servers omit
     /// `[DONE]`) is completed.
     pub fn end_of_input(&mut self, out: &mut BytesMut) -> Result<(), ApiError> {
-        if self.done {
+        if self.events.finished() {
             return Ok(());
         }
         if self.finish_reason.is_some() && !self.parser.has_partial() {
@@ -178,7 +169,7 @@ impl StreamTranslator {
             let status = err.get("code").and_then(Value::as_u64).unwrap_or(500) as u16;
             return Err(ApiError::from_upstream_status(status, message));
         }
-        self.start(chunk.id.as_deref(), out);
+        self.events.start(&message_id(chunk.id.as_deref()), out);
         if let Some(usage) = chunk.usage {
             self.usage = usage.to_anthropic();
         }
@@ -189,7 +180,7 @@ impl StreamTranslator {
             self.delta(delta, out)?;
         }
         if let Some(reason) = choice.finish_reason {
-            self.close_block(out);
+            self.close(out);
             self.finish_reason = Some(reason);
         }
         Ok(())
@@ -199,27 +190,24 @@ impl StreamTranslator {
         if let Some(thinking) =
             reasoning_text(delta.reasoning_content.as_deref(), delta.reasoning.as_ref())
         {
-            self.ensure_block(
-                Block::Thinking,
-                out,
-                || json!({"type": "thinking", "thinking": "", "signature": ""}),
-            );
-            self.block_delta(out, json!({"type": "thinking_delta", "thinking": thinking}));
+            self.open(THINKING, empty_thinking, out);
+            self.events.delta(thinking_delta(&thinking), out);
         }
         for text in [delta.content, delta.refusal].into_iter().flatten() {
             if text.is_empty() {
                 continue;
             }
-            self.ensure_block(Block::Text, out, || json!({"type": "text", "text": ""}));
-            self.block_delta(out, json!({"type": "text_delta", "text": text}));
+            self.open(TEXT, empty_text, out);
+            self.events.delta(text_delta(&text), out);
         }
         for (pos, call) in delta.tool_calls.into_iter().flatten().enumerate() {
-            let index = call.index.unwrap_or(pos);
+            let index = call.index.unwrap_or(pos) as u64;
+            let key = BlockKey::new(BlockKind::ToolUse, index);
             let function = call.function.unwrap_or(FunctionDelta {
                 name: None,
                 arguments: None,
             });
-            if self.open != Some(Block::Tool(index)) {
+            if self.events.open_block() != Some(key) {
                 if self.closed_tools.contains(&index) {
                     return Err(ApiError::api(format!(
                         "upstream interleaved the arguments of tool call {index} with another call"
@@ -234,100 +222,39 @@ impl StreamTranslator {
                         format!("toolu_lynkr_{:x}_{index}", crate::util::unique_id())
                     });
                 let name = function.name.clone().unwrap_or_default();
-                self.ensure_block(
-                    Block::Tool(index),
-                    out,
-                    || json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
-                );
+                self.open(key, || empty_tool_use(&id, &name), out);
                 self.saw_tool_call = true;
             }
             if let Some(args) = function.arguments.filter(|a| !a.is_empty()) {
-                self.block_delta(
-                    out,
-                    json!({"type": "input_json_delta", "partial_json": args}),
-                );
+                self.events.delta(input_json_delta(&args), out);
             }
         }
         Ok(())
     }
 
-    fn start(&mut self, upstream_id: Option<&str>, out: &mut BytesMut) {
-        if self.started {
-            return;
+    fn open(&mut self, key: BlockKey, block: impl FnOnce() -> Value, out: &mut BytesMut) {
+        if self.events.open_block() != Some(key) {
+            self.close(out);
         }
-        self.started = true;
-        write_event(
-            out,
-            "message_start",
-            &json!({"type": "message_start", "message": {
-                "id": message_id(upstream_id),
-                "type": "message",
-                "role": "assistant",
-                "model": self.model,
-                "content": [],
-                "stop_reason": null,
-                "stop_sequence": null,
-                "usage": {"input_tokens": 0, "output_tokens": 0},
-            }}),
-        );
+        self.events.open(key, block, out);
     }
 
-    fn ensure_block(&mut self, kind: Block, out: &mut BytesMut, start: impl FnOnce() -> Value) {
-        if self.open == Some(kind) {
-            return;
+    /// Close the open block, remembering closed tool calls.
+    fn close(&mut self, out: &mut BytesMut) {
+        if let Some(key) = self.events.close(out) {
+            if key.kind == BlockKind::ToolUse {
+                self.closed_tools.push(key.upstream_index);
+            }
         }
-        self.close_block(out);
-        write_event(
-            out,
-            "content_block_start",
-            &json!({"type": "content_block_start", "index": self.next_index, "content_block": start()}),
-        );
-        self.open = Some(kind);
-    }
-
-    fn block_delta(&mut self, out: &mut BytesMut, delta: Value) {
-        write_event(
-            out,
-            "content_block_delta",
-            &json!({"type": "content_block_delta", "index": self.next_index, "delta": delta}),
-        );
-    }
-
-    fn close_block(&mut self, out: &mut BytesMut) {
-        let Some(block) = self.open.take() else {
-            return;
-        };
-        if let Block::Tool(i) = block {
-            self.closed_tools.push(i);
-        }
-        write_event(
-            out,
-            "content_block_stop",
-            &json!({"type": "content_block_stop", "index": self.next_index}),
-        );
-        self.next_index += 1;
     }
 
     fn finish(&mut self, out: &mut BytesMut) {
-        self.start(None, out);
-        self.close_block(out);
+        self.events.start(&message_id(None), out);
+        self.close(out);
         let mut stop = stop_reason(self.finish_reason.as_deref());
         if self.saw_tool_call && stop == StopReason::EndTurn {
             stop = StopReason::ToolUse;
         }
-        write_event(
-            out,
-            "message_delta",
-            &json!({"type": "message_delta",
-            "delta": {"stop_reason": stop, "stop_sequence": null},
-            "usage": {
-                "input_tokens": self.usage.input_tokens,
-                "output_tokens": self.usage.output_tokens,
-                "cache_creation_input_tokens": self.usage.cache_creation_input_tokens,
-                "cache_read_input_tokens": self.usage.cache_read_input_tokens,
-            }}),
-        );
-        write_event(out, "message_stop", &json!({"type": "message_stop"}));
-        self.done = true;
+        self.events.finish(stop, &self.usage, out);
     }
 }
