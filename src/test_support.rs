@@ -28,3 +28,16 @@ pub fn fixture(prefix: &str) -> Vec<u8> {
         .unwrap_or_else(|| panic!("no fixture {prefix} in {dir:?}"));
     fixture_body(&entry)
 }
+
+/// An Anthropic SSE body as (event name, JSON data) pairs.
+pub fn sse_events(out: &[u8]) -> Vec<(String, serde_json::Value)> {
+    let mut p = crate::protocol::sse::SseParser::new();
+    let mut evs = Vec::new();
+    p.feed(out, &mut evs).expect("an SSE body");
+    evs.into_iter()
+        .map(|e| {
+            let data = serde_json::from_str(&e.data).expect("JSON event data");
+            (e.event.expect("a named event"), data)
+        })
+        .collect()
+}

@@ -37,14 +37,7 @@ fn exception(kind: &str, message: &str) -> Vec<u8> {
     out
 }
 
-fn events(out: &[u8]) -> Vec<(String, Value)> {
-    let mut p = crate::protocol::sse::SseParser::new();
-    let mut evs = Vec::new();
-    p.feed(out, &mut evs).unwrap();
-    evs.into_iter()
-        .map(|e| (e.event.unwrap(), serde_json::from_str(&e.data).unwrap()))
-        .collect()
-}
+use crate::test_support::sse_events as events;
 
 #[test]
 fn converse_request_shape() {

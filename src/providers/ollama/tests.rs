@@ -96,14 +96,7 @@ fn ndjson(lines: &[Value]) -> String {
     lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
-fn events(out: &[u8]) -> Vec<(String, Value)> {
-    let mut p = crate::protocol::sse::SseParser::new();
-    let mut evs = Vec::new();
-    p.feed(out, &mut evs).unwrap();
-    evs.into_iter()
-        .map(|e| (e.event.unwrap(), serde_json::from_str(&e.data).unwrap()))
-        .collect()
-}
+use crate::test_support::sse_events as events;
 
 #[test]
 fn ndjson_stream_to_anthropic_events() {

@@ -519,14 +519,7 @@ fn run_stream(stream: &str, step: usize) -> Result<Events, (Events, String)> {
         .map_err(|e| (events, e.message))
 }
 
-fn parse_events(out: &[u8]) -> Vec<(String, Value)> {
-    let mut p = crate::protocol::sse::SseParser::new();
-    let mut evs = Vec::new();
-    p.feed(out, &mut evs).unwrap();
-    evs.into_iter()
-        .map(|e| (e.event.unwrap(), serde_json::from_str(&e.data).unwrap()))
-        .collect()
-}
+use crate::test_support::sse_events as parse_events;
 
 fn names(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(n, _)| n.as_str()).collect()
