@@ -53,10 +53,6 @@ impl EventWriter {
         }
     }
 
-    pub fn started(&self) -> bool {
-        self.started
-    }
-
     pub fn finished(&self) -> bool {
         self.finished
     }

@@ -4,7 +4,7 @@
 use crate::config::SheddingConfig;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// Resident memory is read from /proc at most this often.
 const RSS_SAMPLE_MS: u64 = 250;
@@ -128,13 +128,6 @@ fn total_memory() -> u64 {
                 })
         })
         .map_or(0, |kb| kb * 1024)
-}
-
-/// Seconds since the epoch (for logs and headers).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -64,19 +64,13 @@ impl<'a> Features<'a> {
     pub fn of(req: &'a MessagesRequest, body_len: usize, headers: &'a http::HeaderMap) -> Self {
         let tools = req.tools.as_deref().unwrap_or_default();
         Features {
-            model: &req.model,
-            tools: tools.len(),
-            estimated_tokens: body_len as u64 / 4,
             thinking: matches!(req.thinking, Some(Thinking::Enabled { .. })),
             web_search: tools.iter().any(|t| {
                 t.kind
                     .as_deref()
                     .is_some_and(|k| k.starts_with("web_search"))
             }),
-            headers,
-            session: headers
-                .get("x-claude-code-session-id")
-                .and_then(|v| v.to_str().ok()),
+            ..Features::basic(&req.model, tools.len(), body_len, headers)
         }
     }
 
