@@ -29,11 +29,13 @@ pub fn build(config: &Config, mut opt: Opt) -> Result<Server, String> {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config));
     server.bootstrap();
     let gateway = Gateway::from_config(config)?;
+    let health_checks = gateway.health_services();
     let mut service = pingora_proxy::http_proxy_service(&server.configuration, gateway);
     service.threads = Some(config.server.threads);
     for addr in &config.server.listen {
         service.add_tcp(addr);
     }
     server.add_service(service);
+    server.add_services(health_checks);
     Ok(server)
 }

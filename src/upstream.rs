@@ -7,10 +7,12 @@
 
 use crate::config::TimeoutsConfig;
 use crate::protocol::error::{ApiError, ErrorKind};
+use crate::providers::pool::Member;
 use crate::providers::{Endpoint, Provider};
 use bytes::Bytes;
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::protocols::tls::CaType;
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
@@ -105,15 +107,9 @@ impl UpstreamClient {
 
     async fn peer(&self, provider: &Provider, ep: &Endpoint) -> Result<HttpPeer, ApiError> {
         let addr = self.resolve(&ep.host, ep.port).await?;
-        let mut peer = HttpPeer::new(addr, ep.tls, ep.host.clone());
-        let o = &mut peer.options;
-        o.connection_timeout = Some(self.connect);
-        o.total_connection_timeout = Some(self.connect);
-        o.read_timeout = Some(self.first_byte);
-        o.write_timeout = Some(self.write);
-        o.idle_timeout = Some(self.pool_idle);
-        o.alpn = ALPN::H1;
-        o.ca = provider.ca.clone();
+        let mut peer = http_peer(addr, ep, provider.ca.clone(), self.connect, self.first_byte);
+        peer.options.write_timeout = Some(self.write);
+        peer.options.idle_timeout = Some(self.pool_idle);
         Ok(peer)
     }
 
@@ -128,14 +124,9 @@ impl UpstreamClient {
                 return Ok(*addr);
             }
         }
-        let addr = tokio::net::lookup_host((host, port))
-            .await
-            .ok()
-            .and_then(|mut it| it.next())
-            .ok_or_else(|| {
-                ApiError::api(format!("upstream connect error: cannot resolve {host}"))
-                    .with_status(502)
-            })?;
+        let addr = lookup(host, port).await.ok_or_else(|| {
+            ApiError::api(format!("upstream connect error: cannot resolve {host}")).with_status(502)
+        })?;
         self.dns.lock().unwrap().insert(key, (Instant::now(), addr));
         Ok(addr)
     }
@@ -202,6 +193,99 @@ impl Exchange {
     pub async fn abort(mut self) {
         self.session.shutdown().await;
     }
+}
+
+async fn lookup(host: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut it| it.next())
+}
+
+/// An HTTP/1.1 peer for `ep` at `addr`, with the provider's CAs.
+fn http_peer(
+    addr: SocketAddr,
+    ep: &Endpoint,
+    ca: Option<std::sync::Arc<CaType>>,
+    connect: Duration,
+    read: Duration,
+) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, ep.tls, ep.host.clone());
+    let o = &mut peer.options;
+    o.connection_timeout = Some(connect);
+    o.total_connection_timeout = Some(connect);
+    o.read_timeout = Some(read);
+    o.write_timeout = Some(read);
+    o.alpn = ALPN::H1;
+    o.ca = ca;
+    peer
+}
+
+/// Health probe: a TCP connection to the endpoint opens within `timeout`.
+pub async fn probe_tcp(ep: &Endpoint, timeout: Duration) -> Result<(), String> {
+    let connect = async {
+        let addr = lookup(&ep.host, ep.port)
+            .await
+            .ok_or_else(|| format!("cannot resolve {}", ep.host))?;
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .map(drop)
+            .map_err(|e| format!("connect to {addr}: {e}"))
+    };
+    tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| format!("no connection within {timeout:?}"))?
+}
+
+/// Health probe: `GET path` on the endpoint's host, with its key, answers
+/// 2xx within `timeout`. A fresh connection each time, closed afterwards.
+pub async fn probe_http(
+    connector: &Connector,
+    member: &Member,
+    path: &str,
+    ca: Option<std::sync::Arc<CaType>>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let ep = &member.endpoint;
+    let probe = async {
+        let addr = lookup(&ep.host, ep.port)
+            .await
+            .ok_or_else(|| format!("cannot resolve {}", ep.host))?;
+        let peer = http_peer(addr, ep, ca, timeout, timeout);
+        let (mut session, _) = connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| e.to_string())?;
+        let build = || -> pingora_error::Result<RequestHeader> {
+            let mut h = RequestHeader::build("GET", path.as_bytes(), Some(4))?;
+            h.insert_header("host", ep.authority())?;
+            h.insert_header("user-agent", concat!("lynkr/", env!("CARGO_PKG_VERSION")))?;
+            if let Some((name, value)) = &member.auth {
+                h.insert_header(*name, value.as_str())?;
+            }
+            Ok(h)
+        };
+        let header = build().map_err(|e| e.to_string())?;
+        let status = async {
+            session.write_request_header(Box::new(header)).await?;
+            session.finish_request_body().await?;
+            session.read_response_header().await?;
+            Ok::<_, Box<Error>>(session.response_header().map_or(0, |h| h.status.as_u16()))
+        }
+        .await;
+        session.shutdown().await;
+        match status {
+            Ok(s) if (200..300).contains(&s) => Ok(()),
+            Ok(s) => Err(format!("GET {path} answered {s}")),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    tokio::time::timeout(timeout, probe)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
 async fn exchange(

@@ -153,6 +153,9 @@ fn legacy_provider(name: &str, get: &dyn Fn(&str) -> Option<String>) -> Option<P
         count_tokens: false,
         headers: BTreeMap::new(),
         tls_ca_file: None,
+        endpoints: Vec::new(),
+        selection: Default::default(),
+        health_check: None,
     };
     Some(match name {
         "openai" => provider(

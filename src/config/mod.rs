@@ -4,10 +4,12 @@
 //! documents each one with its default.
 
 mod env;
+mod pool;
 mod resilience;
 mod routing;
 mod validate;
 
+pub use pool::{EndpointConfig, HealthCheckConfig, ProbeKind, Selection};
 pub use resilience::{
     BreakerConfig, RateLimitConfig, ResilienceConfig, RetryConfig, SheddingConfig,
 };
@@ -287,6 +289,16 @@ pub struct ProviderConfig {
     /// system roots (private CAs, corporate proxies).
     #[serde(default)]
     pub tls_ca_file: Option<String>,
+    /// More URLs or keys for this provider (the provider's own `base_url`
+    /// and `api_key_env` are the first endpoint only when this is empty).
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    /// How one of `endpoints` is chosen per request.
+    #[serde(default)]
+    pub selection: Selection,
+    /// Active checks of `endpoints`; without them every endpoint counts as healthy.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
 }
 
 fn default_kind() -> ProviderKind {

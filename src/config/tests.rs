@@ -407,3 +407,45 @@ fn original_resilience_variables_are_read() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn endpoint_pools_are_checked() {
+    let errs = load_text(
+        "providers:\n\
+         \x20 a: {base_url: 'http://127.0.0.1:1', model: m, selection: weighted}\n\
+         \x20 b:\n    base_url: 'http://127.0.0.1:1'\n    model: m\n    health_check: {path: health, interval_ms: 0}\n    endpoints:\n      - {url: 'nope', weight: 2}\n      - {api_key_env: UNSET_KEY, weight: 0}\n\
+         \x20 c: {base_url: 'http://127.0.0.1:1', model: m, health_check: {kind: tcp}}\n\
+         models: {default: a}\n",
+        &[],
+    )
+    .unwrap_err();
+    for expected in [
+        "providers.a.selection: applies only with endpoints",
+        "providers.c.health_check: applies only with endpoints",
+        "providers.b.endpoints.0.url: not a URL",
+        "providers.b.endpoints.0.weight: applies only with selection: weighted",
+        "providers.b.endpoints.1.api_key_env: environment variable UNSET_KEY is not set",
+        "providers.b.endpoints.1.weight: must be at least 1",
+        "providers.b.health_check.path: must start with /",
+        "providers.b.health_check.interval_ms: must be greater than 0",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "missing {expected:?} in {errs:#?}"
+        );
+    }
+    // Keys only on the endpoints satisfy a hosted preset; defaults fill in.
+    let c = load_text(
+        "providers:\n  o:\n    preset: openai\n    base_url: https://api.openai.com/v1\n    model: m\n    selection: consistent\n    health_check: {kind: tcp}\n    endpoints: [{api_key_env: K1}, {api_key_env: K2}]\nmodels: {default: o}\n",
+        &[("K1", "a"), ("K2", "b")],
+    )
+    .unwrap();
+    let o = &c.providers["o"];
+    assert_eq!(o.selection, Selection::Consistent);
+    assert_eq!(
+        o.health_check
+            .as_ref()
+            .map(|h| (h.interval_ms, h.unhealthy_after)),
+        Some((10_000, 2))
+    );
+}

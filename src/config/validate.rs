@@ -26,6 +26,82 @@ impl std::fmt::Display for Problem {
     }
 }
 
+fn keys_on_every_endpoint(prov: &super::ProviderConfig) -> bool {
+    !prov.endpoints.is_empty() && prov.endpoints.iter().all(|e| e.api_key_env.is_some())
+}
+
+/// `endpoints`, `selection` and `health_check` of one provider.
+fn pool_problems(
+    path: &str,
+    prov: &super::ProviderConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<Problem> {
+    use super::Selection;
+    let mut p = Vec::new();
+    if prov.endpoints.is_empty() {
+        if prov.selection != Selection::default() {
+            p.push(Problem::new(
+                format!("{path}.selection"),
+                "applies only with endpoints",
+            ));
+        }
+        if prov.health_check.is_some() {
+            p.push(Problem::new(
+                format!("{path}.health_check"),
+                "applies only with endpoints",
+            ));
+        }
+    }
+    for (i, e) in prov.endpoints.iter().enumerate() {
+        let at = format!("{path}.endpoints.{i}");
+        if let Some(u) = &e.url {
+            match url::Url::parse(u) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                _ => p.push(Problem::new(
+                    format!("{at}.url"),
+                    format!("not a URL: {u:?}"),
+                )),
+            }
+        }
+        if let Some(var) = &e.api_key_env {
+            if env(var).is_none_or(|v| v.is_empty()) {
+                p.push(Problem::new(
+                    format!("{at}.api_key_env"),
+                    format!("environment variable {var} is not set"),
+                ));
+            }
+        }
+        match e.weight {
+            Some(0) => p.push(Problem::new(format!("{at}.weight"), "must be at least 1")),
+            Some(_) if prov.selection != Selection::Weighted => p.push(Problem::new(
+                format!("{at}.weight"),
+                "applies only with selection: weighted",
+            )),
+            _ => {}
+        }
+    }
+    if let Some(h) = &prov.health_check {
+        let at = format!("{path}.health_check");
+        if !h.path.starts_with('/') {
+            p.push(Problem::new(format!("{at}.path"), "must start with /"));
+        }
+        for (name, v) in [
+            ("interval_ms", h.interval_ms),
+            ("timeout_ms", h.timeout_ms),
+            ("unhealthy_after", h.unhealthy_after as u64),
+            ("healthy_after", h.healthy_after as u64),
+        ] {
+            if v == 0 {
+                p.push(Problem::new(
+                    format!("{at}.{name}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+    }
+    p
+}
+
 pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
     let mut p = Vec::new();
     if c.server.listen.is_empty() {
@@ -105,13 +181,16 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
                 format!("{path}.api_key_env"),
                 format!("environment variable {var} is not set"),
             )),
-            None if prov.preset.requires_key() => p.push(Problem::new(
-                format!("{path}.api_key_env"),
-                format!(
-                    "required for preset {:?}: name the variable holding the API key",
-                    prov.preset
-                ),
-            )),
+            // Keys named only on the endpoints will do.
+            None if prov.preset.requires_key() && !keys_on_every_endpoint(prov) => {
+                p.push(Problem::new(
+                    format!("{path}.api_key_env"),
+                    format!(
+                        "required for preset {:?}: name the variable holding the API key",
+                        prov.preset
+                    ),
+                ))
+            }
             _ => {}
         }
         let has = |var: &str| env(var).is_some_and(|v| !v.is_empty());
@@ -141,6 +220,7 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
                 "must be greater than 0",
             ));
         }
+        p.extend(pool_problems(&path, prov, env));
         for header in prov.headers.keys() {
             if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                 p.push(Problem::new(

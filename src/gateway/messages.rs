@@ -69,39 +69,68 @@ pub async fn handle(
     // Every target gets a try; retries beyond the chain wrap around it.
     let max_attempts = (gw.retry.max_attempts as usize).max(eligible.len());
     let mut tried = vec![0u32; eligible.len()];
+    // Pool endpoints each target has tried, so a retry moves to another.
+    let mut tried_members: Vec<Vec<usize>> = vec![Vec::new(); eligible.len()];
+    let balance_key = features.session.unwrap_or(&ctx.request_id).to_string();
     let mut last_error: Option<ApiError> = None;
     let mut next = 0usize;
     while (ctx.attempts as usize) < max_attempts {
-        // The next target whose breaker lets a request through.
+        // The next target with a healthy endpoint whose breaker lets a
+        // request through.
         let mut shortest_wait: Option<Duration> = None;
+        let mut unavailable = Vec::new();
         let mut chosen = None;
         for k in 0..eligible.len() {
             let i = (next + k) % eligible.len();
-            match gw.breaker(&eligible[i].provider.name).permit() {
+            let provider = &eligible[i].provider;
+            let member = match &provider.pool {
+                Some(pool) => match pool.pick(balance_key.as_bytes(), &tried_members[i]) {
+                    Some(m) => Some(m),
+                    None => {
+                        let wait = Duration::from_secs(pool.retry_after_secs());
+                        shortest_wait = Some(shortest_wait.map_or(wait, |w| w.min(wait)));
+                        unavailable.push(format!("{}: no healthy endpoint", provider.name));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            match gw.breaker(&provider.name).permit() {
                 Permit::Refused(wait) => {
                     shortest_wait = Some(shortest_wait.map_or(wait, |w| w.min(wait)));
+                    unavailable.push(format!("{}: circuit breaker open", provider.name));
                 }
                 permit => {
-                    chosen = Some((i, permit));
+                    chosen = Some((i, member, permit));
                     break;
                 }
             }
         }
-        let Some((i, permit)) = chosen else {
-            // Every target is open: fail fast rather than pile on.
+        let Some((i, member, permit)) = chosen else {
+            // No target can take it now: fail fast rather than pile on.
             return Err(last_error.unwrap_or_else(|| {
                 let secs = shortest_wait.map_or(1, |w| w.as_secs_f64().ceil().max(1.0) as u64);
                 overloaded(
                     &format!(
-                        "every target of route {:?} is unavailable (circuit breaker open)",
-                        decision.route
+                        "every target of route {:?} is unavailable ({})",
+                        decision.route,
+                        unavailable.join("; ")
                     ),
                     secs,
                 )
             }));
         };
         let target = eligible[i];
-        let provider = &target.provider;
+        let pooled;
+        let provider = match member {
+            Some(m) => {
+                tried_members[i].push(m);
+                pooled = target.provider.at_member(m);
+                ctx.endpoint = pooled.pool.as_ref().map(|p| p.member(m).label.clone());
+                &pooled
+            }
+            None => &*target.provider,
+        };
         let breaker = gw.breaker(&provider.name);
         let model = target.model_for(&req.model);
         if tried[i] > 0 {

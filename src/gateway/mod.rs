@@ -8,6 +8,7 @@ mod respond;
 
 use crate::config::{Config, LimitsConfig};
 use crate::protocol::error::{ApiError, ErrorKind};
+use crate::providers::pool::Pool;
 use crate::providers::Provider;
 use crate::resilience::backoff::RetryPolicy;
 use crate::resilience::breaker::Breaker;
@@ -32,6 +33,8 @@ pub struct Gateway {
     pub breakers: HashMap<String, Breaker>,
     pub shedder: Shedder,
     pub limiter: RateLimiter,
+    /// Providers with several endpoints, by name.
+    pub pools: Vec<(String, Arc<Pool>)>,
 }
 
 impl Gateway {
@@ -59,7 +62,19 @@ impl Gateway {
                 .collect(),
             shedder: Shedder::new(&r.load_shedding),
             limiter: RateLimiter::new(&r.rate_limit),
+            pools: providers
+                .iter()
+                .filter_map(|p| Some((p.name.clone(), p.pool.clone()?)))
+                .collect(),
         })
+    }
+
+    /// The background services checking pooled endpoints' health.
+    pub fn health_services(&self) -> Vec<Box<dyn pingora_core::services::ServiceWithDependents>> {
+        self.pools
+            .iter()
+            .filter_map(|(_, pool)| pool.health_service())
+            .collect()
     }
 
     /// The breaker of a configured provider.
@@ -100,6 +115,8 @@ pub struct RequestCtx {
     pub route: Option<String>,
     /// Targets tried (1 unless the route fell back).
     pub attempts: u32,
+    /// The pool endpoint (`host:port#index`) of the last attempt, if pooled.
+    pub endpoint: Option<String>,
     pub model: Option<String>,
     pub stream: bool,
     pub input_tokens: u64,
@@ -124,6 +141,7 @@ impl ProxyHttp for Gateway {
             status: 0,
             route: None,
             attempts: 0,
+            endpoint: None,
             model: None,
             stream: false,
             input_tokens: 0,
@@ -208,6 +226,7 @@ impl ProxyHttp for Gateway {
             ("GET" | "HEAD", "/") => ops::root(session, ctx).await,
             ("GET" | "HEAD", "/health/live" | "/health/ready") => ops::health(session, ctx).await,
             ("GET", "/metrics/circuit-breakers") => ops::circuit_breakers(self, session, ctx).await,
+            ("GET", "/metrics/endpoints") => ops::endpoints(self, session, ctx).await,
             _ => Err(ApiError::not_found(format!(
                 "{method} {path}: no such endpoint"
             ))),
@@ -242,6 +261,7 @@ impl ProxyHttp for Gateway {
             model = ctx.model.as_deref().unwrap_or(""),
             route = ctx.route.as_deref().unwrap_or(""),
             attempts = ctx.attempts,
+            endpoint = ctx.endpoint.as_deref().unwrap_or(""),
             stream = ctx.stream,
             input_tokens = ctx.input_tokens,
             output_tokens = ctx.output_tokens,

@@ -42,6 +42,22 @@ pub async fn circuit_breakers(
     Ok(())
 }
 
+/// Health of every pooled provider's endpoints.
+pub async fn endpoints(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), ApiError> {
+    let pools: serde_json::Map<String, serde_json::Value> = gw
+        .pools
+        .iter()
+        .map(|(name, pool)| (name.clone(), json!(pool.status())))
+        .collect();
+    let body = json!({"providers": pools});
+    respond::json(session, ctx, 200, body.to_string().into_bytes()).await;
+    Ok(())
+}
+
 /// The names the configuration routes, in Anthropic's list shape.
 pub async fn models(
     gw: &Gateway,
@@ -81,8 +97,14 @@ pub async fn count_tokens(
         d.targets.into_iter().next().map(|t| (route, t))
     });
     if let Some((route, target)) = target {
-        if let Some(endpoint) = &target.provider.count_tokens_endpoint {
-            let provider = &target.provider;
+        let key = features.session.unwrap_or(&ctx.request_id).to_string();
+        let pooled = target.provider.pool.as_ref().and_then(|pool| {
+            let m = pool.pick(key.as_bytes(), &[])?;
+            ctx.endpoint = Some(pool.member(m).label.clone());
+            Some(target.provider.at_member(m))
+        });
+        let provider = pooled.as_ref().unwrap_or(&target.provider);
+        if let Some(endpoint) = &provider.count_tokens_endpoint {
             let model = target.model_for(&req.model);
             ctx.route = Some(format!("{route}/{}/{model}", provider.name));
             let upstream_body = anthropic::rewrite_body(&body, model, None)?;

@@ -7,6 +7,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod ollama;
 pub mod openai;
+pub mod pool;
 
 use crate::config::{AuthHeader, Preset, ProviderConfig, ProviderKind};
 use crate::protocol::anthropic::{MessagesRequest, Usage};
@@ -39,6 +40,9 @@ pub struct Provider {
     /// Bedrock: the region, and the credentials when requests are SigV4-signed
     /// (`None` with a Bedrock API key in `auth`).
     pub aws: Option<(String, Option<aws_credential_types::Credentials>)>,
+    /// Several endpoints or keys (`endpoints` in the config); `endpoint`,
+    /// `count_tokens_endpoint` and `auth` above are then the first one's.
+    pub pool: Option<Arc<pool::Pool>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,11 +152,14 @@ impl Provider {
             (ProviderKind::Anthropic, None) => AuthHeader::XApiKey,
             _ => AuthHeader::Bearer,
         };
-        let auth = key.map(|k| match auth_header {
-            AuthHeader::XApiKey => ("x-api-key", k),
-            AuthHeader::ApiKey => ("api-key", k),
-            AuthHeader::Bearer => ("authorization", format!("Bearer {k}")),
-        });
+        let auth_for = |key: Option<String>| {
+            key.map(|k| match auth_header {
+                AuthHeader::XApiKey => ("x-api-key", k),
+                AuthHeader::ApiKey => ("api-key", k),
+                AuthHeader::Bearer => ("authorization", format!("Bearer {k}")),
+            })
+        };
+        let auth = auth_for(key);
         let openai = OpenAiOptions {
             max_tokens_field: cfg
                 .max_tokens_field
@@ -173,18 +180,57 @@ impl Provider {
             max_output_tokens: c.max_output_tokens,
             context_window: c.context_window,
         };
-        let (endpoint, count_tokens_endpoint) = match cfg.kind {
-            ProviderKind::Openai => (chat_completions_endpoint(cfg)?, None),
-            ProviderKind::Anthropic => {
-                let (messages, count) = anthropic::endpoints(&cfg.base_url)?;
-                (messages, cfg.count_tokens.then_some(count))
-            }
-            ProviderKind::Ollama => (ollama::endpoint(&cfg.base_url)?, None),
-            ProviderKind::Bedrock => {
-                let base = Some(cfg.base_url.as_str()).filter(|u| !u.is_empty());
-                (bedrock::endpoint(base, &region)?, None)
-            }
+        let endpoints_at = |base_url: &str| -> Result<(Endpoint, Option<Endpoint>), String> {
+            Ok(match cfg.kind {
+                ProviderKind::Openai => (chat_completions_endpoint(cfg, base_url)?, None),
+                ProviderKind::Anthropic => {
+                    let (messages, count) = anthropic::endpoints(base_url)?;
+                    (messages, cfg.count_tokens.then_some(count))
+                }
+                ProviderKind::Ollama => (ollama::endpoint(base_url)?, None),
+                ProviderKind::Bedrock => {
+                    let base = Some(base_url).filter(|u| !u.is_empty());
+                    (bedrock::endpoint(base, &region)?, None)
+                }
+            })
         };
+        let (endpoint, count_tokens_endpoint) = endpoints_at(&cfg.base_url)?;
+        let ca = cfg.tls_ca_file.as_deref().map(load_ca_file).transpose()?;
+        let members = cfg
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let (endpoint, count_tokens_endpoint) =
+                    endpoints_at(e.url.as_deref().unwrap_or(&cfg.base_url))
+                        .map_err(|err| format!("endpoints.{i}: {err}"))?;
+                let key_env = e.api_key_env.as_ref().or(cfg.api_key_env.as_ref());
+                Ok(pool::Member {
+                    label: format!("{}#{i}", endpoint.authority()),
+                    count_tokens_endpoint,
+                    auth: auth_for(key_env.and_then(|v| env(v))),
+                    weight: e.weight.unwrap_or(1),
+                    endpoint,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let (endpoint, count_tokens_endpoint, auth) = match members.first() {
+            Some(m) => (
+                m.endpoint.clone(),
+                m.count_tokens_endpoint.clone(),
+                m.auth.clone(),
+            ),
+            None => (endpoint, count_tokens_endpoint, auth),
+        };
+        let pool = (!members.is_empty()).then(|| {
+            Arc::new(pool::Pool::new(
+                name,
+                members,
+                cfg.selection,
+                cfg.health_check.as_ref(),
+                ca.clone(),
+            ))
+        });
         let aws = (cfg.kind == ProviderKind::Bedrock).then(|| {
             let signing = auth.is_none().then(|| {
                 aws_credential_types::Credentials::new(
@@ -211,9 +257,21 @@ impl Provider {
                 .anthropic_version
                 .clone()
                 .unwrap_or_else(|| anthropic::DEFAULT_VERSION.to_string()),
-            ca: cfg.tls_ca_file.as_deref().map(load_ca_file).transpose()?,
+            ca,
             aws,
+            pool,
         })
+    }
+
+    /// This provider as served by endpoint `i` of its pool.
+    pub fn at_member(&self, i: usize) -> Provider {
+        let mut p = self.clone();
+        if let Some(m) = self.pool.as_ref().map(|pool| pool.member(i)) {
+            p.endpoint = m.endpoint.clone();
+            p.count_tokens_endpoint = m.count_tokens_endpoint.clone();
+            p.auth = m.auth.clone();
+        }
+        p
     }
 
     /// Translate a client request into this provider's request body and
@@ -410,8 +468,8 @@ pub fn load_ca_file(path: &str) -> Result<Arc<CaType>, String> {
 /// The chat completions URL: a base URL gets `/chat/completions` appended
 /// (Azure: `/openai/deployments/{d}/chat/completions?api-version=...`);
 /// a full URL (`.../chat/completions`, Databricks `.../invocations`) is kept.
-fn chat_completions_endpoint(cfg: &ProviderConfig) -> Result<Endpoint, String> {
-    let mut url = url::Url::parse(&cfg.base_url).map_err(|e| format!("not a URL: {e}"))?;
+fn chat_completions_endpoint(cfg: &ProviderConfig, base_url: &str) -> Result<Endpoint, String> {
+    let mut url = url::Url::parse(base_url).map_err(|e| format!("not a URL: {e}"))?;
     let path = url.path().trim_end_matches('/').to_string();
     let full = path.ends_with("/chat/completions") || path.ends_with("/invocations");
     if !full {
@@ -444,6 +502,10 @@ fn chat_completions_endpoint(cfg: &ProviderConfig) -> Result<Endpoint, String> {
 mod tests {
     use super::*;
 
+    fn endpoint_of(c: &ProviderConfig) -> Result<Endpoint, String> {
+        chat_completions_endpoint(c, &c.base_url)
+    }
+
     fn cfg(preset: Preset, base_url: &str) -> ProviderConfig {
         let mut c: ProviderConfig =
             serde_yaml::from_str(&format!("base_url: {base_url}\nmodel: m")).unwrap();
@@ -453,14 +515,13 @@ mod tests {
 
     #[test]
     fn endpoints_by_preset() {
-        let e =
-            chat_completions_endpoint(&cfg(Preset::Openai, "https://api.openai.com/v1")).unwrap();
+        let e = endpoint_of(&cfg(Preset::Openai, "https://api.openai.com/v1")).unwrap();
         assert_eq!(
             (e.tls, e.host.as_str(), e.port, e.path.as_str()),
             (true, "api.openai.com", 443, "/v1/chat/completions")
         );
         assert_eq!(e.authority(), "api.openai.com");
-        let e = chat_completions_endpoint(&cfg(
+        let e = endpoint_of(&cfg(
             Preset::Generic,
             "http://127.0.0.1:9000/v1/chat/completions",
         ))
@@ -472,14 +533,14 @@ mod tests {
         assert_eq!(e.authority(), "127.0.0.1:9000");
         let mut az = cfg(Preset::Azure, "https://r.openai.azure.com/");
         az.deployment = Some("gpt4o".into());
-        let e = chat_completions_endpoint(&az).unwrap();
+        let e = endpoint_of(&az).unwrap();
         assert_eq!(
             e.path,
             "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21"
         );
-        let e = chat_completions_endpoint(&cfg(Preset::Llamacpp, "http://localhost:8081")).unwrap();
+        let e = endpoint_of(&cfg(Preset::Llamacpp, "http://localhost:8081")).unwrap();
         assert_eq!(e.path, "/v1/chat/completions");
-        let e = chat_completions_endpoint(&cfg(
+        let e = endpoint_of(&cfg(
             Preset::Databricks,
             "https://x.cloud.databricks.com/serving-endpoints/claude/invocations",
         ))
