@@ -1,9 +1,11 @@
-//! The per-request resilience middleware: load-shedding admission, the
-//! rate-limit check, the circuit-breaker permit and its outcome record.
+//! The per-request middleware: load-shedding admission, the rate-limit
+//! check, the circuit-breaker permit and its outcome record, and the metrics
+//! update (counters, histograms, token and cost counters, JSON summary).
 //! `cargo bench --bench middleware`; figures are recorded in the README.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use lynkr::config::{BreakerConfig, RateLimitConfig, SheddingConfig};
+use lynkr::metrics::{Finished, Metrics, Upstream};
 use lynkr::resilience::breaker::Breaker;
 use lynkr::resilience::rate_limit::RateLimiter;
 use lynkr::resilience::shedder::Shedder;
@@ -20,6 +22,7 @@ fn middleware(c: &mut Criterion) {
         max_in_flight_per_key: 1_000_000,
     });
     let breaker = Breaker::new(&BreakerConfig::default());
+    let metrics = Metrics::new();
     let key = "key:5f1c2a9e0b7d4c3a";
     c.bench_function("per_request_middleware", |b| {
         b.iter(|| {
@@ -27,6 +30,23 @@ fn middleware(c: &mut Criterion) {
             let guard = limiter.check(black_box(key)).unwrap();
             let permit = breaker.permit();
             breaker.record(permit, true);
+            metrics.record(black_box(&Finished {
+                path: "/v1/messages",
+                status: 200,
+                error_type: None,
+                rejected: None,
+                duration_secs: 1.25,
+                upstream: Some(Upstream {
+                    route: "default",
+                    provider: "openai",
+                    model: "gpt-4o",
+                    attempts: 1,
+                    first_byte_secs: Some(0.4),
+                    input_tokens: 21_000,
+                    output_tokens: 350,
+                    cost: 0.0683,
+                }),
+            }));
             drop((guard, slot));
         })
     });

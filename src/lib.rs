@@ -4,6 +4,7 @@
 pub mod config;
 pub mod gateway;
 pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod providers;
 pub mod resilience;

@@ -156,6 +156,7 @@ fn legacy_provider(name: &str, get: &dyn Fn(&str) -> Option<String>) -> Option<P
         endpoints: Vec::new(),
         selection: Default::default(),
         health_check: None,
+        pricing: None,
     };
     Some(match name {
         "openai" => provider(

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     /// Worker threads of the proxy service.
     pub threads: usize,
     pub pid_file: String,
+    /// Optional `host:port` serving only health and metrics (not the API).
+    pub admin_listen: Option<String>,
     /// Unix socket over which a new binary (`-u`) takes the listeners.
     pub upgrade_sock: String,
     /// Seconds between SIGTERM and the start of the final shutdown.
@@ -64,6 +66,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: vec!["127.0.0.1:8080".into()],
             threads: 2,
+            admin_listen: None,
             pid_file: "/tmp/lynkr.pid".into(),
             upgrade_sock: "/tmp/lynkr_upgrade.sock".into(),
             grace_period_seconds: 30,
@@ -299,6 +302,25 @@ pub struct ProviderConfig {
     /// Active checks of `endpoints`; without them every endpoint counts as healthy.
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
+    /// Prices per million tokens, for `cost_total` (no cost counted without).
+    #[serde(default)]
+    pub pricing: Option<PricingConfig>,
+}
+
+/// Prices per million tokens, in whatever currency the operator uses.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingConfig {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+impl PricingConfig {
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.input_per_million
+            + output_tokens as f64 * self.output_per_million)
+            / 1_000_000.0
+    }
 }
 
 fn default_kind() -> ProviderKind {

@@ -118,6 +118,19 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
             ));
         }
     }
+    if let Some(addr) = &c.server.admin_listen {
+        if addr.parse::<SocketAddr>().is_err() {
+            p.push(Problem::new(
+                "server.admin_listen",
+                format!("not an address (ip:port): {addr:?}"),
+            ));
+        } else if c.server.listen.contains(addr) {
+            p.push(Problem::new(
+                "server.admin_listen",
+                "must differ from every server.listen address",
+            ));
+        }
+    }
     if c.server.threads == 0 {
         p.push(Problem::new("server.threads", "must be at least 1"));
     }
@@ -221,6 +234,14 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
             ));
         }
         p.extend(pool_problems(&path, prov, env));
+        if let Some(price) = &prov.pricing {
+            if !(price.input_per_million >= 0.0 && price.output_per_million >= 0.0) {
+                p.push(Problem::new(
+                    format!("{path}.pricing"),
+                    "prices must not be negative",
+                ));
+            }
+        }
         for header in prov.headers.keys() {
             if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                 p.push(Problem::new(

@@ -38,6 +38,7 @@ pub async fn handle(
     let needs = needs(&req, &features);
     if features.background() {
         gw.shedder.admit_background().map_err(|_| {
+            ctx.rejected_reason = Some("load_shedding_background");
             overloaded(
                 "background requests are shed under load",
                 gw.shedder.retry_after_secs,
@@ -109,6 +110,7 @@ pub async fn handle(
         let Some((i, member, permit)) = chosen else {
             // No target can take it now: fail fast rather than pile on.
             return Err(last_error.unwrap_or_else(|| {
+                ctx.rejected_reason = Some("targets_unavailable");
                 let secs = shortest_wait.map_or(1, |w| w.as_secs_f64().ceil().max(1.0) as u64);
                 overloaded(
                     &format!(
@@ -146,7 +148,7 @@ pub async fn handle(
         tried[i] += 1;
         next = i + 1;
         ctx.attempts += 1;
-        ctx.route = Some(format!("{}/{}/{model}", decision.route, provider.name));
+        ctx.routed(&decision.route, provider, model);
         let failed = |ctx: &RequestCtx, err: ApiError, last: &mut Option<ApiError>| {
             breaker.record(permit, false);
             tracing::warn!(request_id = %ctx.request_id, route = ctx.route.as_deref(), attempt = ctx.attempts, error = %err, "attempt failed");

@@ -7,6 +7,7 @@ mod ops;
 mod respond;
 
 use crate::config::{Config, LimitsConfig};
+use crate::metrics::{Finished, Metrics, Upstream};
 use crate::protocol::error::{ApiError, ErrorKind};
 use crate::providers::pool::Pool;
 use crate::providers::Provider;
@@ -21,6 +22,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_proxy::{ProxyHttp, Session};
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,6 +37,11 @@ pub struct Gateway {
     pub limiter: RateLimiter,
     /// Providers with several endpoints, by name.
     pub pools: Vec<(String, Arc<Pool>)>,
+    pub metrics: Metrics,
+    /// Set the moment graceful shutdown (or an upgrade handoff) begins.
+    pub shutting_down: Arc<AtomicBool>,
+    /// The admin listener, which serves only health and metrics.
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 impl Gateway {
@@ -66,6 +73,13 @@ impl Gateway {
                 .iter()
                 .filter_map(|p| Some((p.name.clone(), p.pool.clone()?)))
                 .collect(),
+            metrics: Metrics::new(),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+            admin_addr: config
+                .server
+                .admin_listen
+                .as_deref()
+                .and_then(|a| a.parse().ok()),
         })
     }
 
@@ -75,6 +89,15 @@ impl Gateway {
             .iter()
             .filter_map(|(_, pool)| pool.health_service())
             .collect()
+    }
+
+    fn is_admin_listener(&self, session: &Session) -> bool {
+        self.admin_addr.is_some_and(|admin| {
+            session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .is_some_and(|a| a.port() == admin.port())
+        })
     }
 
     /// The breaker of a configured provider.
@@ -117,6 +140,15 @@ pub struct RequestCtx {
     pub attempts: u32,
     /// The pool endpoint (`host:port#index`) of the last attempt, if pooled.
     pub endpoint: Option<String>,
+    /// The route's name, provider and upstream model of the last attempt.
+    pub route_name: Option<String>,
+    pub provider: Option<String>,
+    pub upstream_model: Option<String>,
+    pub pricing: Option<crate::config::PricingConfig>,
+    /// Anthropic error type of an error answer.
+    pub error_type: Option<&'static str>,
+    /// Why the request was refused before reaching a provider (for metrics).
+    pub rejected_reason: Option<&'static str>,
     pub model: Option<String>,
     pub stream: bool,
     pub input_tokens: u64,
@@ -128,6 +160,17 @@ pub struct RequestCtx {
     /// Held for the request's life: its in-flight slots.
     pub in_flight: Option<InFlight>,
     pub key_in_flight: Option<pingora_limits::inflight::Guard>,
+}
+
+impl RequestCtx {
+    /// Note the target an attempt goes to (`x-lynkr-route`, log, metrics).
+    pub fn routed(&mut self, route: &str, provider: &Provider, model: &str) {
+        self.route = Some(format!("{route}/{}/{model}", provider.name));
+        self.route_name = Some(route.to_string());
+        self.provider = Some(provider.name.clone());
+        self.upstream_model = Some(model.to_string());
+        self.pricing = provider.pricing;
+    }
 }
 
 #[async_trait]
@@ -142,6 +185,12 @@ impl ProxyHttp for Gateway {
             route: None,
             attempts: 0,
             endpoint: None,
+            route_name: None,
+            provider: None,
+            upstream_model: None,
+            pricing: None,
+            error_type: None,
+            rejected_reason: None,
             model: None,
             stream: false,
             input_tokens: 0,
@@ -173,6 +222,10 @@ impl ProxyHttp for Gateway {
             match self.shedder.admit() {
                 Ok(guard) => ctx.in_flight = Some(guard),
                 Err(why) => {
+                    ctx.rejected_reason = Some(match why {
+                        Shed::Memory => "load_shedding_memory",
+                        _ => "load_shedding_in_flight",
+                    });
                     let mut e = ApiError::new(
                         ErrorKind::OverloadedError,
                         match why {
@@ -199,6 +252,10 @@ impl ProxyHttp for Gateway {
             match self.limiter.check(&client_key(session)) {
                 Ok(guard) => ctx.key_in_flight = guard,
                 Err(limited) => {
+                    ctx.rejected_reason = Some(match limited {
+                        Limited::PerMinute(_) => "rate_limit_per_minute",
+                        Limited::InFlight(_) => "rate_limit_in_flight",
+                    });
                     let mut e = ApiError::new(
                         ErrorKind::RateLimitError,
                         match limited {
@@ -219,12 +276,22 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        if self.is_admin_listener(session) && !is_ops_path(&path) {
+            let e = ApiError::not_found(format!(
+                "{method} {path}: the admin listener serves only health and metrics"
+            ));
+            respond::error(session, ctx, &e).await;
+            return Ok(true);
+        }
         let result = match (method.as_str(), path.as_str()) {
             ("POST", "/v1/messages") => messages::handle(self, session, ctx).await,
             ("POST", "/v1/messages/count_tokens") => ops::count_tokens(self, session, ctx).await,
             ("GET", "/v1/models") => ops::models(self, session, ctx).await,
             ("GET" | "HEAD", "/") => ops::root(session, ctx).await,
-            ("GET" | "HEAD", "/health/live" | "/health/ready") => ops::health(session, ctx).await,
+            ("GET" | "HEAD", "/health/live") => ops::live(session, ctx).await,
+            ("GET" | "HEAD", "/health/ready") => ops::ready(self, session, ctx).await,
+            ("GET", "/metrics/prometheus") => ops::prometheus(self, session, ctx).await,
+            ("GET", "/metrics/observability") => ops::observability(self, session, ctx).await,
             ("GET", "/metrics/circuit-breakers") => ops::circuit_breakers(self, session, ctx).await,
             ("GET", "/metrics/endpoints") => ops::endpoints(self, session, ctx).await,
             _ => Err(ApiError::not_found(format!(
@@ -251,6 +318,27 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let req = session.req_header();
+        let duration = ctx.started.elapsed();
+        let cost = ctx
+            .pricing
+            .map_or(0.0, |p| p.cost(ctx.input_tokens, ctx.output_tokens));
+        self.metrics.record(&Finished {
+            path: req.uri.path(),
+            status: ctx.status,
+            error_type: ctx.error_type,
+            rejected: ctx.rejected_reason,
+            duration_secs: duration.as_secs_f64(),
+            upstream: ctx.provider.as_deref().map(|provider| Upstream {
+                route: ctx.route_name.as_deref().unwrap_or(""),
+                provider,
+                model: ctx.upstream_model.as_deref().unwrap_or(""),
+                attempts: ctx.attempts,
+                first_byte_secs: ctx.first_byte_ms.map(|ms| ms as f64 / 1000.0),
+                input_tokens: ctx.input_tokens,
+                output_tokens: ctx.output_tokens,
+                cost,
+            }),
+        });
         tracing::info!(
             target: "lynkr::access",
             request_id = %ctx.request_id,
@@ -266,7 +354,8 @@ impl ProxyHttp for Gateway {
             input_tokens = ctx.input_tokens,
             output_tokens = ctx.output_tokens,
             first_byte_ms = ctx.first_byte_ms,
-            duration_ms = ctx.started.elapsed().as_millis() as u64,
+            duration_ms = duration.as_millis() as u64,
+            cost,
             error = ctx.error.as_deref().or(e.map(|_| "connection error")).unwrap_or(""),
             "request"
         );

@@ -6,9 +6,11 @@ use crate::protocol::anthropic::{ContentBlock, CountTokensRequest, TextOrBlocks,
 use crate::protocol::error::ApiError;
 use crate::protocol::validate::parse_count_tokens_request;
 use crate::providers::anthropic;
+use crate::resilience::breaker::State;
 use crate::routing::Features;
 use pingora_proxy::Session;
 use serde_json::json;
+use std::sync::atomic::Ordering;
 
 pub async fn root(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
     let body = json!({"name": "lynkr", "version": env!("CARGO_PKG_VERSION"), "status": "ok"});
@@ -16,8 +18,103 @@ pub async fn root(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Api
     Ok(())
 }
 
-pub async fn health(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+/// The process answers.
+pub async fn live(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
     respond::json(session, ctx, 200, br#"{"status":"ok"}"#.to_vec()).await;
+    Ok(())
+}
+
+/// Whether to send traffic here: not shutting down, some provider can take
+/// a request, memory under the shedding threshold. Each check is in the body;
+/// any failing one makes it 503.
+pub async fn ready(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), ApiError> {
+    let shutting_down = gw.shutting_down.load(Ordering::Relaxed);
+    let (mut available, mut unavailable) = (Vec::new(), Vec::new());
+    for (name, breaker) in &gw.breakers {
+        let open = breaker.snapshot().state == State::Open;
+        let no_endpoint = gw
+            .pools
+            .iter()
+            .any(|(p, pool)| p == name && !pool.any_healthy());
+        if open || no_endpoint {
+            unavailable.push(name.as_str());
+        } else {
+            available.push(name.as_str());
+        }
+    }
+    available.sort_unstable();
+    unavailable.sort_unstable();
+    let (rss, limit) = (gw.shedder.rss(), gw.shedder.max_rss());
+    let memory_ok = limit == 0 || rss <= limit;
+    let checks = json!({
+        "shutdown": {"ok": !shutting_down},
+        "upstreams": {"ok": !available.is_empty(), "available": available, "unavailable": unavailable},
+        "memory": {"ok": memory_ok, "rss_bytes": rss, "limit_bytes": limit},
+        // Nothing is stored yet (no cache or database), so nothing can be unreachable.
+        "store": {"ok": true, "detail": "no store configured"},
+    });
+    let ok = checks
+        .as_object()
+        .is_some_and(|c| c.values().all(|v| v["ok"] == true));
+    let body = json!({"status": if ok { "ok" } else { "unavailable" }, "checks": checks});
+    let status = if ok { 200 } else { 503 };
+    respond::json(session, ctx, status, body.to_string().into_bytes()).await;
+    Ok(())
+}
+
+/// Every metric in Prometheus's text format; gauges of state read now.
+pub async fn prometheus(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), ApiError> {
+    let m = &gw.metrics;
+    m.in_flight.set(gw.shedder.in_flight() as i64);
+    for (name, breaker) in &gw.breakers {
+        let now = breaker.snapshot().state;
+        for (state, label) in [
+            (State::Closed, "closed"),
+            (State::Open, "open"),
+            (State::HalfOpen, "half_open"),
+        ] {
+            m.breaker_state
+                .with_label_values(&[name.as_str(), label])
+                .set(i64::from(now == state));
+        }
+    }
+    for (name, pool) in &gw.pools {
+        for s in pool.status() {
+            m.endpoint_healthy
+                .with_label_values(&[name.as_str(), s.endpoint.as_str()])
+                .set(i64::from(s.healthy));
+        }
+    }
+    let body = bytes::Bytes::from(m.render());
+    respond::send(
+        session,
+        ctx,
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        body,
+        None,
+    )
+    .await;
+    Ok(())
+}
+
+/// A JSON summary: latency percentiles, tokens, cost, routing counts.
+pub async fn observability(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), ApiError> {
+    gw.metrics.in_flight.set(gw.shedder.in_flight() as i64);
+    let body = gw.metrics.summary_json().to_string().into_bytes();
+    respond::json(session, ctx, 200, body).await;
     Ok(())
 }
 
@@ -106,7 +203,7 @@ pub async fn count_tokens(
         let provider = pooled.as_ref().unwrap_or(&target.provider);
         if let Some(endpoint) = &provider.count_tokens_endpoint {
             let model = target.model_for(&req.model);
-            ctx.route = Some(format!("{route}/{}/{model}", provider.name));
+            ctx.routed(&route, provider, model);
             let upstream_body = anthropic::rewrite_body(&body, model, None)?;
             let fwd = anthropic::forward_headers(&headers, &provider.anthropic_version);
             let mut ex = gw

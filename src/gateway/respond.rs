@@ -66,6 +66,7 @@ pub async fn json(session: &mut Session, ctx: &mut RequestCtx, status: u16, body
 /// An Anthropic-shaped error response.
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) {
     ctx.error = Some(err.message.clone());
+    ctx.error_type = Some(err.kind.as_str());
     if session.response_written().is_some() {
         // Too late for a status: the streaming path has already sent its own event.
         return;

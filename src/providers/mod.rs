@@ -43,6 +43,7 @@ pub struct Provider {
     /// Several endpoints or keys (`endpoints` in the config); `endpoint`,
     /// `count_tokens_endpoint` and `auth` above are then the first one's.
     pub pool: Option<Arc<pool::Pool>>,
+    pub pricing: Option<crate::config::PricingConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +261,7 @@ impl Provider {
             ca,
             aws,
             pool,
+            pricing: cfg.pricing,
         })
     }
 

@@ -1,0 +1,415 @@
+//! Prometheus metrics (`/metrics/prometheus`) and the JSON summary behind
+//! `/metrics/observability`. Every label value is bounded: paths are the
+//! gateway's own endpoints, providers and routes come from the
+//! configuration, and model names are capped at `MAX_MODELS` distinct values.
+
+use prometheus::{
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Distinct model label values kept; later ones are counted as `other`.
+pub const MAX_MODELS: usize = 64;
+/// Distinct routes counted in the JSON summary; later ones as `other`.
+const MAX_ROUTES: usize = 256;
+/// Recent requests the JSON summary's percentiles are computed over.
+const LATENCY_WINDOW: usize = 4096;
+
+/// Request durations: LLM calls run from milliseconds to minutes.
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+const TTFT_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+/// What one finished request did, as the access log line sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Finished<'a> {
+    pub path: &'a str,
+    pub status: u16,
+    /// Anthropic error type of an error answer.
+    pub error_type: Option<&'a str>,
+    /// Why it was refused before reaching a provider (shedding, rate limit).
+    pub rejected: Option<&'a str>,
+    pub duration_secs: f64,
+    /// Set once the request was routed.
+    pub upstream: Option<Upstream<'a>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Upstream<'a> {
+    pub route: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub attempts: u32,
+    pub first_byte_secs: Option<f64>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost: f64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    errors: IntCounterVec,
+    rejected: IntCounterVec,
+    duration: HistogramVec,
+    first_token: HistogramVec,
+    upstream_duration: HistogramVec,
+    tokens_input: IntCounterVec,
+    tokens_output: IntCounterVec,
+    cost: CounterVec,
+    retries: IntCounterVec,
+    /// Set at scrape time from the gateway's own state.
+    pub in_flight: IntGauge,
+    pub breaker_state: IntGaugeVec,
+    pub endpoint_healthy: IntGaugeVec,
+    models: Mutex<HashSet<String>>,
+    summary: Mutex<Summary>,
+    started: Instant,
+}
+
+/// Running totals and a window of recent latencies, for the JSON summary.
+#[derive(Default)]
+struct Summary {
+    requests: u64,
+    errors: u64,
+    latencies_ms: Vec<f64>,
+    first_token_ms: Vec<f64>,
+    next: usize,
+    next_ttft: usize,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost: f64,
+    routes: BTreeMap<String, u64>,
+    providers: BTreeMap<String, ProviderTotals>,
+}
+
+#[derive(Default, Clone, serde::Serialize)]
+struct ProviderTotals {
+    requests: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost: f64,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], b: &[f64]) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(b.to_vec()), labels)
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process collector");
+        let in_flight = IntGauge::new("http_requests_in_flight", "API requests being served now.")
+            .expect("valid metric");
+        r.register(Box::new(in_flight.clone()))
+            .expect("unique metric");
+        Metrics {
+            requests: counter(
+                &r,
+                "http_requests_total",
+                "Requests answered, by endpoint path and status.",
+                &["path", "status"],
+            ),
+            errors: counter(
+                &r,
+                "http_request_errors_total",
+                "Requests answered with an error (status >= 400), by Anthropic error type.",
+                &["path", "type"],
+            ),
+            rejected: counter(
+                &r,
+                "http_requests_rejected_total",
+                "Requests refused before reaching a provider, by reason.",
+                &["reason"],
+            ),
+            duration: histogram(
+                &r,
+                "http_request_duration_seconds",
+                "From the request's arrival to the end of its response.",
+                &["path"],
+                DURATION_BUCKETS,
+            ),
+            first_token: histogram(
+                &r,
+                "upstream_time_to_first_token_seconds",
+                "From the request's arrival to the provider's response header (first token of a stream).",
+                &["provider"],
+                TTFT_BUCKETS,
+            ),
+            upstream_duration: histogram(
+                &r,
+                "upstream_request_duration_seconds",
+                "From the request's arrival to the end of the provider's response, for routed requests.",
+                &["provider"],
+                DURATION_BUCKETS,
+            ),
+            tokens_input: counter(
+                &r,
+                "tokens_input_total",
+                "Input tokens the providers reported (cache reads included).",
+                &["provider", "model"],
+            ),
+            tokens_output: counter(
+                &r,
+                "tokens_output_total",
+                "Output tokens the providers reported.",
+                &["provider", "model"],
+            ),
+            cost: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "cost_total",
+                        "Cost in the currency of providers.NAME.pricing, from reported tokens.",
+                    ),
+                    &["provider", "model"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            retries: counter(
+                &r,
+                "retries_total",
+                "Attempts after a request's first, by the provider that answered last.",
+                &["provider"],
+            ),
+            in_flight,
+            breaker_state: gauge(
+                &r,
+                "circuit_breaker_state",
+                "1 for each provider's current breaker state, 0 for the others.",
+                &["provider", "state"],
+            ),
+            endpoint_healthy: gauge(
+                &r,
+                "upstream_endpoint_healthy",
+                "1 while a pooled endpoint passes its health checks.",
+                &["provider", "endpoint"],
+            ),
+            registry: r,
+            models: Mutex::new(HashSet::new()),
+            summary: Mutex::new(Summary::default()),
+            started: Instant::now(),
+        }
+    }
+
+    /// A refusal before the request reached routing (shedding, rate limit).
+    pub fn reject(&self, reason: &str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Record one finished request.
+    pub fn record(&self, f: &Finished) {
+        let path = path_label(f.path);
+        let status = status_label(f.status);
+        self.requests.with_label_values(&[path, status]).inc();
+        if f.status >= 400 {
+            self.errors
+                .with_label_values(&[path, f.error_type.unwrap_or("api_error")])
+                .inc();
+        }
+        if let Some(reason) = f.rejected {
+            self.reject(reason);
+        }
+        self.duration
+            .with_label_values(&[path])
+            .observe(f.duration_secs);
+        if let Some(u) = &f.upstream {
+            let model_label = self.model_label(u.model);
+            let labels = [u.provider, model_label];
+            self.first_token
+                .with_label_values(&[u.provider])
+                .observe(u.first_byte_secs.unwrap_or(f.duration_secs));
+            self.upstream_duration
+                .with_label_values(&[u.provider])
+                .observe(f.duration_secs);
+            if u.input_tokens > 0 {
+                self.tokens_input
+                    .with_label_values(&labels)
+                    .inc_by(u.input_tokens);
+            }
+            if u.output_tokens > 0 {
+                self.tokens_output
+                    .with_label_values(&labels)
+                    .inc_by(u.output_tokens);
+            }
+            if u.cost > 0.0 {
+                self.cost.with_label_values(&labels).inc_by(u.cost);
+            }
+            if u.attempts > 1 {
+                self.retries
+                    .with_label_values(&[u.provider])
+                    .inc_by(u64::from(u.attempts - 1));
+            }
+        }
+        self.summarize(f);
+    }
+
+    fn model_label<'a>(&self, model: &'a str) -> &'a str {
+        let mut models = self.models.lock().unwrap();
+        if models.contains(model) {
+            return model;
+        }
+        if models.len() < MAX_MODELS {
+            models.insert(model.to_string());
+            return model;
+        }
+        "other"
+    }
+
+    fn summarize(&self, f: &Finished) {
+        let mut guard = self.summary.lock().unwrap();
+        let s = &mut *guard;
+        s.requests += 1;
+        if f.status >= 400 {
+            s.errors += 1;
+        }
+        let ms = f.duration_secs * 1000.0;
+        push_window(&mut s.latencies_ms, &mut s.next, ms);
+        let Some(u) = &f.upstream else { return };
+        if let Some(t) = u.first_byte_secs {
+            push_window(&mut s.first_token_ms, &mut s.next_ttft, t * 1000.0);
+        }
+        s.input_tokens += u.input_tokens;
+        s.output_tokens += u.output_tokens;
+        s.cost += u.cost;
+        let route = if s.routes.len() < MAX_ROUTES || s.routes.contains_key(u.route) {
+            u.route.to_string()
+        } else {
+            "other".to_string()
+        };
+        *s.routes.entry(route).or_default() += 1;
+        let p = s.providers.entry(u.provider.to_string()).or_default();
+        p.requests += 1;
+        p.input_tokens += u.input_tokens;
+        p.output_tokens += u.output_tokens;
+        p.cost += u.cost;
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding does not fail");
+        out
+    }
+
+    /// The `/metrics/observability` summary.
+    pub fn summary_json(&self) -> serde_json::Value {
+        let s = self.summary.lock().unwrap();
+        serde_json::json!({
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "requests": s.requests,
+            "errors": s.errors,
+            "in_flight": self.in_flight.get(),
+            "latency_ms": percentiles(&s.latencies_ms),
+            "time_to_first_token_ms": percentiles(&s.first_token_ms),
+            "tokens": {"input": s.input_tokens, "output": s.output_tokens},
+            "cost": s.cost,
+            "routes": s.routes,
+            "providers": s.providers,
+        })
+    }
+}
+
+/// Append to a bounded window, overwriting the oldest once full.
+fn push_window(window: &mut Vec<f64>, next: &mut usize, value: f64) {
+    if window.len() < LATENCY_WINDOW {
+        window.push(value);
+    } else {
+        window[*next % LATENCY_WINDOW] = value;
+        *next += 1;
+    }
+}
+
+fn percentiles(window: &[f64]) -> serde_json::Value {
+    if window.is_empty() {
+        return serde_json::json!({"count": 0});
+    }
+    let mut sorted = window.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+        (sorted[i] * 1000.0).round() / 1000.0
+    };
+    serde_json::json!({
+        "count": sorted.len(),
+        "p50": at(0.50),
+        "p90": at(0.90),
+        "p95": at(0.95),
+        "p99": at(0.99),
+        "max": at(1.0),
+    })
+}
+
+/// The gateway's endpoints by name; anything else is `other`.
+fn path_label(path: &str) -> &'static str {
+    match path {
+        "/v1/messages" => "/v1/messages",
+        "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
+        "/v1/models" => "/v1/models",
+        "/" => "/",
+        "/health/live" => "/health/live",
+        "/health/ready" => "/health/ready",
+        p if p.starts_with("/metrics/") => "/metrics",
+        _ => "other",
+    }
+}
+
+fn status_label(status: u16) -> &'static str {
+    const KNOWN: &[(u16, &str)] = &[
+        (200, "200"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (413, "413"),
+        (429, "429"),
+        (499, "499"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+        (529, "529"),
+    ];
+    KNOWN.iter().find(|(s, _)| *s == status).map_or(
+        match status {
+            0..=299 => "2xx",
+            300..=499 => "4xx",
+            _ => "5xx",
+        },
+        |(_, l)| l,
+    )
+}
