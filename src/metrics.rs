@@ -4,10 +4,10 @@
 //! configuration, and model names are capped at `MAX_MODELS` distinct values.
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -68,9 +68,62 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub breaker_state: IntGaugeVec,
     pub endpoint_healthy: IntGaugeVec,
-    models: Mutex<HashSet<String>>,
-    summary: Mutex<Summary>,
+    state: Mutex<State>,
     started: Instant,
+}
+
+/// Everything `record` updates under its one lock.
+#[derive(Default)]
+struct State {
+    by_path: HashMap<(&'static str, &'static str), (IntCounter, Histogram)>,
+    /// Provider -> model label -> its metric children.
+    by_target: HashMap<String, HashMap<String, TargetChildren>>,
+    /// Model label values in use (at most `MAX_MODELS`).
+    models: usize,
+    summary: Summary,
+}
+
+struct TargetChildren {
+    first_token: Histogram,
+    duration: Histogram,
+    tokens_input: IntCounter,
+    tokens_output: IntCounter,
+    cost: Counter,
+    retries: IntCounter,
+}
+
+impl State {
+    fn upstream_children(&mut self, m: &Metrics, provider: &str, model: &str) -> &TargetChildren {
+        if !self.by_target.contains_key(provider) {
+            self.by_target.insert(provider.to_string(), HashMap::new());
+        }
+        let known = self.by_target[provider].contains_key(model);
+        let model = if known || self.models < MAX_MODELS {
+            model
+        } else {
+            "other"
+        };
+        let models = &mut self.models;
+        let per_model = self.by_target.get_mut(provider).expect("inserted above");
+        if !per_model.contains_key(model) {
+            if model != "other" {
+                *models += 1;
+            }
+            let labels = [provider, model];
+            per_model.insert(
+                model.to_string(),
+                TargetChildren {
+                    first_token: m.first_token.with_label_values(&[provider]),
+                    duration: m.upstream_duration.with_label_values(&[provider]),
+                    tokens_input: m.tokens_input.with_label_values(&labels),
+                    tokens_output: m.tokens_output.with_label_values(&labels),
+                    cost: m.cost.with_label_values(&labels),
+                    retries: m.retries.with_label_values(&[provider]),
+                },
+            );
+        }
+        &per_model[model]
+    }
 }
 
 /// Running totals and a window of recent latencies, for the JSON summary.
@@ -218,8 +271,7 @@ impl Metrics {
                 &["provider", "endpoint"],
             ),
             registry: r,
-            models: Mutex::new(HashSet::new()),
-            summary: Mutex::new(Summary::default()),
+            state: Mutex::new(State::default()),
             started: Instant::now(),
         }
     }
@@ -229,11 +281,21 @@ impl Metrics {
         self.rejected.with_label_values(&[reason]).inc();
     }
 
-    /// Record one finished request.
+    /// Record one finished request: one lock, metric children looked up
+    /// once per label set and cached (the middleware bench measures this).
     pub fn record(&self, f: &Finished) {
         let path = path_label(f.path);
         let status = status_label(f.status);
-        self.requests.with_label_values(&[path, status]).inc();
+        let mut guard = self.state.lock().unwrap();
+        let st = &mut *guard;
+        let (requests, duration) = st.by_path.entry((path, status)).or_insert_with(|| {
+            (
+                self.requests.with_label_values(&[path, status]),
+                self.duration.with_label_values(&[path]),
+            )
+        });
+        requests.inc();
+        duration.observe(f.duration_secs);
         if f.status >= 400 {
             self.errors
                 .with_label_values(&[path, f.error_type.unwrap_or("api_error")])
@@ -242,79 +304,19 @@ impl Metrics {
         if let Some(reason) = f.rejected {
             self.reject(reason);
         }
-        self.duration
-            .with_label_values(&[path])
-            .observe(f.duration_secs);
         if let Some(u) = &f.upstream {
-            let model_label = self.model_label(u.model);
-            let labels = [u.provider, model_label];
-            self.first_token
-                .with_label_values(&[u.provider])
+            let c = st.upstream_children(self, u.provider, u.model);
+            c.first_token
                 .observe(u.first_byte_secs.unwrap_or(f.duration_secs));
-            self.upstream_duration
-                .with_label_values(&[u.provider])
-                .observe(f.duration_secs);
-            if u.input_tokens > 0 {
-                self.tokens_input
-                    .with_label_values(&labels)
-                    .inc_by(u.input_tokens);
-            }
-            if u.output_tokens > 0 {
-                self.tokens_output
-                    .with_label_values(&labels)
-                    .inc_by(u.output_tokens);
-            }
-            if u.cost > 0.0 {
-                self.cost.with_label_values(&labels).inc_by(u.cost);
-            }
+            c.duration.observe(f.duration_secs);
+            c.tokens_input.inc_by(u.input_tokens);
+            c.tokens_output.inc_by(u.output_tokens);
+            c.cost.inc_by(u.cost);
             if u.attempts > 1 {
-                self.retries
-                    .with_label_values(&[u.provider])
-                    .inc_by(u64::from(u.attempts - 1));
+                c.retries.inc_by(u64::from(u.attempts - 1));
             }
         }
-        self.summarize(f);
-    }
-
-    fn model_label<'a>(&self, model: &'a str) -> &'a str {
-        let mut models = self.models.lock().unwrap();
-        if models.contains(model) {
-            return model;
-        }
-        if models.len() < MAX_MODELS {
-            models.insert(model.to_string());
-            return model;
-        }
-        "other"
-    }
-
-    fn summarize(&self, f: &Finished) {
-        let mut guard = self.summary.lock().unwrap();
-        let s = &mut *guard;
-        s.requests += 1;
-        if f.status >= 400 {
-            s.errors += 1;
-        }
-        let ms = f.duration_secs * 1000.0;
-        push_window(&mut s.latencies_ms, &mut s.next, ms);
-        let Some(u) = &f.upstream else { return };
-        if let Some(t) = u.first_byte_secs {
-            push_window(&mut s.first_token_ms, &mut s.next_ttft, t * 1000.0);
-        }
-        s.input_tokens += u.input_tokens;
-        s.output_tokens += u.output_tokens;
-        s.cost += u.cost;
-        let route = if s.routes.len() < MAX_ROUTES || s.routes.contains_key(u.route) {
-            u.route.to_string()
-        } else {
-            "other".to_string()
-        };
-        *s.routes.entry(route).or_default() += 1;
-        let p = s.providers.entry(u.provider.to_string()).or_default();
-        p.requests += 1;
-        p.input_tokens += u.input_tokens;
-        p.output_tokens += u.output_tokens;
-        p.cost += u.cost;
+        st.summary.add(f);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -328,7 +330,8 @@ impl Metrics {
 
     /// The `/metrics/observability` summary.
     pub fn summary_json(&self) -> serde_json::Value {
-        let s = self.summary.lock().unwrap();
+        let state = self.state.lock().unwrap();
+        let s = &state.summary;
         serde_json::json!({
             "uptime_secs": self.started.elapsed().as_secs(),
             "requests": s.requests,
@@ -341,6 +344,45 @@ impl Metrics {
             "routes": s.routes,
             "providers": s.providers,
         })
+    }
+}
+
+impl Summary {
+    fn add(&mut self, f: &Finished) {
+        self.requests += 1;
+        if f.status >= 400 {
+            self.errors += 1;
+        }
+        push_window(
+            &mut self.latencies_ms,
+            &mut self.next,
+            f.duration_secs * 1000.0,
+        );
+        let Some(u) = &f.upstream else { return };
+        if let Some(t) = u.first_byte_secs {
+            push_window(&mut self.first_token_ms, &mut self.next_ttft, t * 1000.0);
+        }
+        self.input_tokens += u.input_tokens;
+        self.output_tokens += u.output_tokens;
+        self.cost += u.cost;
+        // Look up before inserting: no allocation once a name is known.
+        let full = self.routes.len() >= MAX_ROUTES;
+        match self.routes.get_mut(u.route) {
+            Some(n) => *n += 1,
+            None if !full => {
+                self.routes.insert(u.route.to_string(), 1);
+            }
+            None => *self.routes.entry("other".into()).or_default() += 1,
+        }
+        if !self.providers.contains_key(u.provider) {
+            self.providers
+                .insert(u.provider.to_string(), ProviderTotals::default());
+        }
+        let p = self.providers.get_mut(u.provider).expect("inserted above");
+        p.requests += 1;
+        p.input_tokens += u.input_tokens;
+        p.output_tokens += u.output_tokens;
+        p.cost += u.cost;
     }
 }
 
@@ -412,4 +454,121 @@ fn status_label(status: u16) -> &'static str {
         },
         |(_, l)| l,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed(model: &str, status: u16, secs: f64) -> Finished<'_> {
+        Finished {
+            path: "/v1/messages",
+            status,
+            error_type: (status >= 400).then_some("overloaded_error"),
+            rejected: None,
+            duration_secs: secs,
+            upstream: Some(Upstream {
+                route: "default",
+                provider: "openai",
+                model,
+                attempts: 3,
+                first_byte_secs: Some(secs / 2.0),
+                input_tokens: 1000,
+                output_tokens: 10,
+                cost: 0.5,
+            }),
+        }
+    }
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn records_the_named_series() {
+        let m = Metrics::new();
+        m.record(&routed("gpt-4o", 200, 0.2));
+        m.record(&routed("gpt-4o", 529, 0.02));
+        m.record(&Finished {
+            path: "/v1/messages/req_123",
+            status: 404,
+            error_type: Some("not_found_error"),
+            ..Default::default()
+        });
+        m.reject("load_shedding_in_flight");
+        let text = String::from_utf8(m.render()).unwrap();
+        let v = |s: &str| sample(&text, s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
+        assert_eq!(
+            v(r#"http_requests_total{path="/v1/messages",status="200"}"#),
+            1.0
+        );
+        assert_eq!(v(r#"http_requests_total{path="other",status="404"}"#), 1.0);
+        assert_eq!(
+            v(r#"http_request_errors_total{path="/v1/messages",type="overloaded_error"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"http_requests_rejected_total{reason="load_shedding_in_flight"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"tokens_input_total{model="gpt-4o",provider="openai"}"#),
+            2000.0
+        );
+        assert_eq!(
+            v(r#"tokens_output_total{model="gpt-4o",provider="openai"}"#),
+            20.0
+        );
+        assert_eq!(v(r#"cost_total{model="gpt-4o",provider="openai"}"#), 1.0);
+        assert_eq!(v(r#"retries_total{provider="openai"}"#), 4.0);
+        assert_eq!(
+            v(r#"http_request_duration_seconds_bucket{path="/v1/messages",le="0.025"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"upstream_time_to_first_token_seconds_count{provider="openai"}"#),
+            2.0
+        );
+        assert!(text.contains("process_resident_memory_bytes"));
+        assert!(!text.contains("req_123"), "raw paths are never labels");
+    }
+
+    #[test]
+    fn model_labels_are_bounded() {
+        let m = Metrics::new();
+        let names: Vec<String> = (0..MAX_MODELS + 10).map(|i| format!("m{i}")).collect();
+        for n in &names {
+            m.record(&routed(n, 200, 0.1));
+        }
+        let text = String::from_utf8(m.render()).unwrap();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("tokens_input_total{"))
+            .count();
+        assert_eq!(series, MAX_MODELS + 1);
+        assert_eq!(
+            sample(
+                &text,
+                r#"tokens_input_total{model="other",provider="openai"}"#
+            ),
+            Some(10_000.0)
+        );
+    }
+
+    #[test]
+    fn summary_has_percentiles_tokens_cost_and_routes() {
+        let m = Metrics::new();
+        for i in 1..=100 {
+            m.record(&routed("gpt-4o", 200, i as f64 / 1000.0));
+        }
+        let s = m.summary_json();
+        assert_eq!(s["requests"], 100);
+        assert_eq!(s["latency_ms"]["p50"], 50.0);
+        assert_eq!(s["latency_ms"]["p99"], 99.0);
+        assert_eq!(s["tokens"]["input"], 100_000);
+        assert_eq!(s["cost"], 50.0);
+        assert_eq!(s["routes"]["default"], 100);
+        assert_eq!(s["providers"]["openai"]["requests"], 100);
+    }
 }
