@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test, installing what the tests need first:
-#   cmake (Pingora's build), wrk is not needed here;
+#   cmake (Pingora's build); prometheus and promtool (Debian package
+#   `prometheus`: the real-scrape test and the alert rules check);
 #   the Anthropic Python SDK (pip), the Claude Code CLI (npm, into target/claude-code).
 # Then: formatting, clippy, and all test targets (unit, integration, benches in test mode).
 set -euo pipefail
@@ -8,9 +9,12 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v cmake >/dev/null; then
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+command -v promtool >/dev/null || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
-  as_root apt-get install -y -qq cmake
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 if ! python3 -c "import anthropic" 2>/dev/null; then
   python3 -m pip install --quiet anthropic

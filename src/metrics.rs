@@ -18,6 +18,17 @@ const MAX_ROUTES: usize = 256;
 /// Recent requests the JSON summary's percentiles are computed over.
 const LATENCY_WINDOW: usize = 4096;
 
+/// Every `reason` of `http_requests_rejected_total`, exported from the
+/// start (at 0) so rate() alerts see the series before the first refusal.
+pub const REJECT_REASONS: &[&str] = &[
+    "load_shedding_in_flight",
+    "load_shedding_memory",
+    "load_shedding_background",
+    "rate_limit_per_minute",
+    "rate_limit_in_flight",
+    "targets_unavailable",
+];
+
 /// Request durations: LLM calls run from milliseconds to minutes.
 const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -187,7 +198,17 @@ impl Metrics {
             .expect("valid metric");
         r.register(Box::new(in_flight.clone()))
             .expect("unique metric");
+        let rejected = counter(
+            &r,
+            "http_requests_rejected_total",
+            "Requests refused before reaching a provider, by reason.",
+            &["reason"],
+        );
+        for reason in REJECT_REASONS {
+            rejected.with_label_values(&[reason]);
+        }
         Metrics {
+            rejected,
             requests: counter(
                 &r,
                 "http_requests_total",
@@ -199,12 +220,6 @@ impl Metrics {
                 "http_request_errors_total",
                 "Requests answered with an error (status >= 400), by Anthropic error type.",
                 &["path", "type"],
-            ),
-            rejected: counter(
-                &r,
-                "http_requests_rejected_total",
-                "Requests refused before reaching a provider, by reason.",
-                &["reason"],
             ),
             duration: histogram(
                 &r,

@@ -4,6 +4,7 @@
 mod claude_code;
 mod common;
 mod gateway;
+mod operations;
 mod pools;
 mod providers;
 mod resilience;

@@ -27,6 +27,16 @@ impl Gateway {
     /// Start `lynkr -c <file>` with `providers_and_models` (YAML) added to a
     /// config that listens on a free port; waits until it answers.
     pub fn start(providers_and_models: &str, env: &[(&str, &str)]) -> Gateway {
+        let shutdown = "  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n";
+        Self::start_with_server(shutdown, providers_and_models, env)
+    }
+
+    /// As `start`, with more `server:` settings (two-space indented lines).
+    pub fn start_with_server(
+        server: &str,
+        providers_and_models: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let port = free_port();
         let dir = scratch_dir("gw");
         // Short timeouts for tests, unless the test brings its own.
@@ -36,7 +46,7 @@ impl Gateway {
             "timeouts:\n  connect_ms: 2000\n  first_byte_ms: 10000\n  read_ms: 10000\n"
         };
         let config = format!(
-            "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 2\n  pid_file: {d}/lynkr.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n{timeouts}{providers_and_models}",
+            "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 2\n  pid_file: {d}/lynkr.pid\n  upgrade_sock: {d}/upgrade.sock\n{server}{timeouts}{providers_and_models}",
             d = dir.display()
         );
         let path = dir.join("lynkr.yaml");
@@ -96,6 +106,45 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Start a new binary with `-u` on this one's config: it waits for the
+    /// listening sockets this process hands over on SIGQUIT. Logs to its own dir.
+    pub fn start_upgrade(&self, env: &[(&str, &str)]) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lynkr"));
+        cmd.arg("-u").arg("-c").arg(self.config_path());
+        Self::spawn(cmd, self.port, scratch_dir("gw-upgrade"), env)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("lynkr.yaml")
+    }
+
+    /// Send a signal (`-TERM`, `-QUIT`) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,436 @@
+//! Operations: graceful shutdown and the zero-downtime upgrade with the
+//! real binary, a real Prometheus scraping Lynkr, and the files in `conf/`
+//! (systemd unit, alert rules, Grafana dashboard) checked by their tools.
+
+use crate::common::*;
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A mock that streams `pieces` pieces `gap` apart, or answers JSON at once.
+async fn slow_stream_mock(pieces: usize, gap: Duration) -> MockUpstream {
+    MockUpstream::start(move |r| {
+        if r.body["stream"] == true {
+            let words: Vec<String> = (0..pieces).map(|i| format!("w{i} ")).collect();
+            let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+            Reply::Sse {
+                pieces: text_stream(&refs),
+                delay: gap,
+            }
+        } else {
+            Reply::Json {
+                status: 200,
+                body: completion_json("fine", "stop", Value::Null),
+                headers: vec![],
+            }
+        }
+    })
+    .await
+}
+
+/// A streamed request read to its end: whether it ended with `message_stop`.
+async fn full_stream(base: String) -> Result<usize, String> {
+    let r = client()
+        .post(format!("{base}/v1/messages"))
+        .json(&simple_request(true))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status() != 200 {
+        return Err(format!("status {}", r.status()));
+    }
+    let body = r.text().await.map_err(|e| e.to_string())?;
+    let events = sse_events(&body);
+    match events.last() {
+        Some((name, _)) if name == "message_stop" => Ok(events.len()),
+        _ => Err(format!("stream ended early: {body}")),
+    }
+}
+
+/// Sends short requests one after another until `stop`; returns (ok, failed).
+fn steady_load(
+    base: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    tokio::spawn(async move {
+        let (mut ok, mut failed) = (0, Vec::new());
+        let c = client();
+        // Bounded: at most 2000 requests even if `stop` never comes.
+        for _ in 0..2000 {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            match c
+                .post(format!("{base}/v1/messages"))
+                .json(&simple_request(false))
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 200 => ok += 1,
+                Ok(r) => failed.push(format!("status {}", r.status())),
+                Err(e) => failed.push(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (ok, failed)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_hands_over_the_sockets_without_losing_a_request() {
+    let mock = slow_stream_mock(20, Duration::from_millis(200)).await;
+    let server = "  grace_period_seconds: 5\n  graceful_shutdown_timeout_seconds: 2\n";
+    let mut old = Gateway::start_with_server(server, &openai_provider(mock.addr), &[MOCK_KEY]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(old.base.clone(), stop.clone());
+    // Four 4-second streams in flight across the handoff.
+    let streams: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(full_stream(old.base.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let new = old.start_upgrade(&[MOCK_KEY]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    old.signal("-QUIT");
+    // The old process keeps its sockets open for 5 s after handing them
+    // over, then stops accepting; load continues past that into the new one.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, Ordering::SeqCst);
+
+    let (ok, failed) = load.await.unwrap();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok > 50, "only {ok} requests went through");
+    for s in streams {
+        let events = s.await.unwrap().expect("every stream completes");
+        assert!(events > 20);
+    }
+    assert!(
+        new.log_contains("\"target\":\"lynkr::access\""),
+        "the new process served requests"
+    );
+    assert!(old.log().contains("listener sockets sent"), "{}", old.log());
+    let status = old.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the old process exits cleanly: {status:?}"
+    );
+    // The new process answers on the same port.
+    let r = client().get(new.url("/health/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_and_lets_streams_finish() {
+    let mock = slow_stream_mock(15, Duration::from_millis(200)).await;
+    let server = "  grace_period_seconds: 5\n  graceful_shutdown_timeout_seconds: 2\n";
+    let mut gw = Gateway::start_with_server(server, &openai_provider(mock.addr), &[MOCK_KEY]);
+    let ready: Value = client()
+        .get(gw.url("/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ok", "{ready}");
+    assert_eq!(ready["checks"]["upstreams"]["available"][0], "mock");
+    let streams: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(full_stream(gw.base.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    gw.signal("-TERM");
+    assert!(gw.log_contains("readiness now fails"));
+    // Not ready: a prober's new connection is refused (or answered 503).
+    let probe = client()
+        .get(gw.url("/health/ready"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(
+        probe.as_ref().map_or(true, |r| r.status() == 503),
+        "ready still answered {:?}",
+        probe.map(|r| r.status())
+    );
+    for s in streams {
+        s.await
+            .unwrap()
+            .expect("in-flight streams complete after SIGTERM");
+    }
+    let status = gw.wait_exit(Duration::from_secs(15));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// Metric names a PromQL expression uses (identifiers of Lynkr's families).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut word = String::new();
+    for c in expr.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        let family = word
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_count")
+            .trim_end_matches("_sum")
+            .to_string();
+        let ours = [
+            "http_",
+            "upstream_",
+            "tokens_",
+            "cost_",
+            "circuit_",
+            "retries_",
+            "process_",
+        ];
+        if c != '(' && ours.iter().any(|p| family.starts_with(p)) && !names.contains(&family) {
+            names.push(family);
+        }
+        word.clear();
+    }
+    names
+}
+
+async fn prometheus_query(base: &str, query: &str) -> Vec<Value> {
+    let body: Value = client()
+        .get(format!("{base}/api/v1/query"))
+        .query(&[("query", query)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["status"], "success", "{body}");
+    body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn value_of(series: &Value) -> f64 {
+    series["value"][1].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_lynkr() {
+    let prometheus = which("prometheus").expect(
+        "prometheus is not installed (Debian package `prometheus`; scripts/test-all.sh installs it)",
+    );
+    let mock = slow_stream_mock(3, Duration::from_millis(1)).await;
+    let admin_port = free_port();
+    let server = format!(
+        "  admin_listen: \"127.0.0.1:{admin_port}\"\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n"
+    );
+    let providers = openai_provider(mock.addr).replace(
+        "    model: gpt-mock\n",
+        "    model: gpt-mock\n    pricing: {input_per_million: 2.0, output_per_million: 8.0}\n    endpoints: [{}]\n",
+    );
+    let gw = Gateway::start_with_server(&server, &providers, &[MOCK_KEY]);
+    for _ in 0..5 {
+        let r = client()
+            .post(gw.url("/v1/messages"))
+            .json(&simple_request(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    full_stream(gw.base.clone()).await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/messages"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // The admin listener serves metrics, not the API.
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let r = client()
+        .post(format!("{admin}/v1/messages"))
+        .json(&simple_request(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let exposition = client()
+        .get(format!("{admin}/metrics/prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    // Every metric the alert rules and the dashboard use is exported.
+    let root = repo_root();
+    let rules = std::fs::read_to_string(root.join("conf/prometheus/lynkr-alerts.yml")).unwrap();
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("conf/grafana/lynkr-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs: Vec<String> = rules
+        .split("expr:")
+        .skip(1)
+        .map(|s| s.split("for:").next().unwrap().to_string())
+        .collect();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    let mut checked = 0;
+    for expr in &exprs {
+        for name in metric_names(expr) {
+            assert!(
+                exposition.contains(&format!("# TYPE {name} ")),
+                "{name} (used in {expr}) is not exported"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} metric uses found");
+
+    // promtool accepts the rules.
+    let promtool = which("promtool").expect("promtool (Debian package `prometheus`)");
+    let out = Command::new(promtool)
+        .arg("check")
+        .arg("rules")
+        .arg(root.join("conf/prometheus/lynkr-alerts.yml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // A real Prometheus scrapes the admin listener (with the rules loaded).
+    let dir = scratch_dir("prometheus");
+    let port = free_port();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: lynkr\n    metrics_path: /metrics/prometheus\n    static_configs:\n      - targets: [\"127.0.0.1:{admin_port}\"]\n",
+            root.join("conf/prometheus/lynkr-alerts.yml").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let mut child = Command::new(prometheus)
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let result = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let series = match client()
+                .get(format!("{base}/api/v1/query"))
+                .query(&[(
+                    "query",
+                    "http_requests_total{job=\"lynkr\",path=\"/v1/messages\",status=\"200\"}",
+                )])
+                .send()
+                .await
+            {
+                Ok(r) => r.json::<Value>().await.ok(),
+                Err(_) => None,
+            };
+            let done = series
+                .as_ref()
+                .and_then(|b| b["data"]["result"].as_array().cloned())
+                .is_some_and(|r| r.len() == 1);
+            if done {
+                break;
+            }
+            assert!(Instant::now() < deadline, "Prometheus never scraped Lynkr");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let ok = prometheus_query(
+            &base,
+            "http_requests_total{job=\"lynkr\",path=\"/v1/messages\",status=\"200\"}",
+        )
+        .await;
+        assert_eq!(value_of(&ok[0]), 6.0);
+        let bad = prometheus_query(
+            &base,
+            "http_request_errors_total{path=\"/v1/messages\",type=\"invalid_request_error\"}",
+        )
+        .await;
+        assert_eq!(value_of(&bad[0]), 1.0);
+        let tokens = prometheus_query(&base, "sum(tokens_input_total{provider=\"mock\"})").await;
+        assert!(value_of(&tokens[0]) > 0.0);
+        let cost = prometheus_query(&base, "sum(cost_total{provider=\"mock\"})").await;
+        assert!(value_of(&cost[0]) > 0.0);
+        let closed = prometheus_query(
+            &base,
+            "circuit_breaker_state{provider=\"mock\",state=\"closed\"}",
+        )
+        .await;
+        assert_eq!(value_of(&closed[0]), 1.0);
+        let rss = prometheus_query(&base, "process_resident_memory_bytes{job=\"lynkr\"}").await;
+        assert!(value_of(&rss[0]) > 1e6);
+        let up = prometheus_query(&base, "up{job=\"lynkr\"}").await;
+        assert_eq!(value_of(&up[0]), 1.0);
+    };
+    // Stop Prometheus whatever the outcome.
+    let outcome = tokio::time::timeout(Duration::from_secs(60), result).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome.expect("prometheus checks finished in time");
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Some(analyze) = which("systemd-analyze") else {
+        eprintln!("systemd-analyze not found: the unit is not verified on this machine");
+        return;
+    };
+    let unit = std::fs::read_to_string(repo_root().join("conf/systemd/lynkr.service")).unwrap();
+    assert!(unit.contains("ExecReload=/bin/kill -QUIT $MAINPID"));
+    assert!(unit.contains("ExecReload=/usr/local/bin/lynkr -u -d"));
+    for directive in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+    ] {
+        assert!(unit.contains(directive), "{directive}");
+    }
+    // Verified against the built binary (verify checks that it exists).
+    let dir = scratch_dir("systemd");
+    let path = dir.join("lynkr.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/lynkr", env!("CARGO_BIN_EXE_lynkr")),
+    )
+    .unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Warnings (unknown keys, bad values) do not fail verify; they fail here.
+    assert!(
+        !stderr.contains("lynkr.service:"),
+        "systemd-analyze warnings:\n{stderr}"
+    );
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
