@@ -348,6 +348,8 @@ impl ProxyHttp for Gateway {
             status = ctx.status,
             model = ctx.model.as_deref().unwrap_or(""),
             route = ctx.route.as_deref().unwrap_or(""),
+            provider = ctx.provider.as_deref().unwrap_or(""),
+            upstream_model = ctx.upstream_model.as_deref().unwrap_or(""),
             attempts = ctx.attempts,
             endpoint = ctx.endpoint.as_deref().unwrap_or(""),
             stream = ctx.stream,
