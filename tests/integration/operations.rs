@@ -126,14 +126,7 @@ async fn sigterm_stops_accepting_and_lets_streams_finish() {
     let mock = slow_stream_mock(15, Duration::from_millis(200)).await;
     let server = "  grace_period_seconds: 5\n  graceful_shutdown_timeout_seconds: 2\n";
     let mut gw = Gateway::start_with_server(server, &openai_provider(mock.addr), &[MOCK_KEY]);
-    let ready: Value = client()
-        .get(gw.url("/health/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = get_json(&gw.url("/health/ready")).await;
     assert_eq!(ready["status"], "ok", "{ready}");
     assert_eq!(ready["checks"]["upstreams"]["available"][0], "mock");
     let streams: Vec<_> = (0..3)
@@ -355,32 +348,35 @@ async fn a_real_prometheus_scrapes_lynkr() {
             assert!(Instant::now() < deadline, "Prometheus never scraped Lynkr");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        let ok = prometheus_query(
-            &base,
-            "http_requests_total{job=\"lynkr\",path=\"/v1/messages\",status=\"200\"}",
-        )
-        .await;
-        assert_eq!(value_of(&ok[0]), 6.0);
-        let bad = prometheus_query(
-            &base,
-            "http_request_errors_total{path=\"/v1/messages\",type=\"invalid_request_error\"}",
-        )
-        .await;
-        assert_eq!(value_of(&bad[0]), 1.0);
-        let tokens = prometheus_query(&base, "sum(tokens_input_total{provider=\"mock\"})").await;
-        assert!(value_of(&tokens[0]) > 0.0);
-        let cost = prometheus_query(&base, "sum(cost_total{provider=\"mock\"})").await;
-        assert!(value_of(&cost[0]) > 0.0);
-        let closed = prometheus_query(
-            &base,
-            "circuit_breaker_state{provider=\"mock\",state=\"closed\"}",
-        )
-        .await;
-        assert_eq!(value_of(&closed[0]), 1.0);
-        let rss = prometheus_query(&base, "process_resident_memory_bytes{job=\"lynkr\"}").await;
-        assert!(value_of(&rss[0]) > 1e6);
-        let up = prometheus_query(&base, "up{job=\"lynkr\"}").await;
-        assert_eq!(value_of(&up[0]), 1.0);
+        // (query, exact value, or None: any positive value)
+        let expected: &[(&str, Option<f64>)] = &[
+            (
+                "http_requests_total{job=\"lynkr\",path=\"/v1/messages\",status=\"200\"}",
+                Some(6.0),
+            ),
+            (
+                "http_request_errors_total{path=\"/v1/messages\",type=\"invalid_request_error\"}",
+                Some(1.0),
+            ),
+            ("sum(tokens_input_total{provider=\"mock\"})", None),
+            ("sum(cost_total{provider=\"mock\"})", None),
+            (
+                "circuit_breaker_state{provider=\"mock\",state=\"closed\"}",
+                Some(1.0),
+            ),
+            ("upstream_endpoint_healthy{provider=\"mock\"}", Some(1.0)),
+            ("process_resident_memory_bytes{job=\"lynkr\"}", None),
+            ("up{job=\"lynkr\"}", Some(1.0)),
+        ];
+        for (query, want) in expected {
+            let series = prometheus_query(&base, query).await;
+            assert_eq!(series.len(), 1, "{query}: {series:?}");
+            let got = value_of(&series[0]);
+            match want {
+                Some(v) => assert_eq!(got, *v, "{query}"),
+                None => assert!(got > 0.0, "{query}: {got}"),
+            }
+        }
     };
     // Stop Prometheus whatever the outcome.
     let outcome = tokio::time::timeout(Duration::from_secs(60), result).await;

@@ -64,14 +64,7 @@ async fn wait_for_health(gw: &Gateway, provider: &str, want: &[bool]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Value::Null;
     while Instant::now() < deadline {
-        let body: Value = client()
-            .get(gw.url("/metrics/endpoints"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = get_json(&gw.url("/metrics/endpoints")).await;
         seen = body["providers"][provider].clone();
         let flags: Vec<bool> = seen
             .as_array()

@@ -590,6 +590,18 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// GET `url` and parse its JSON body.
+pub async fn get_json(url: &str) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub fn simple_request(stream: bool) -> Value {
     json!({
         "model": "claude-sonnet-4-5", "max_tokens": 1024, "stream": stream,
