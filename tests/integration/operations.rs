@@ -430,3 +430,90 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+#[tokio::test]
+async fn readiness_and_the_summary_follow_the_traffic() {
+    let mock = MockUpstream::start(|r| {
+        if r.body["messages"][0]["content"] == "fail" {
+            return Reply::Json {
+                status: 503,
+                body: r#"{"error":{"message":"down"}}"#.into(),
+                headers: vec![],
+            };
+        }
+        Reply::Json {
+            status: 200,
+            body: completion_json("fine", "stop", Value::Null),
+            headers: vec![],
+        }
+    })
+    .await;
+    let config = format!(
+        "resilience: {{retry: {{max_attempts: 1}}, circuit_breaker: {{failure_threshold: 2, open_ms: 60000}}}}\n{}",
+        openai_provider(mock.addr).replace(
+            "    model: gpt-mock\n",
+            "    model: gpt-mock\n    pricing: {input_per_million: 1000000, output_per_million: 0}\n",
+        )
+    );
+    let gw = Gateway::start(&config, &[MOCK_KEY]);
+    for _ in 0..3 {
+        let r = client()
+            .post(gw.url("/v1/messages"))
+            .header("x-api-key", "client-secret-key")
+            .header("authorization", "Bearer client-secret-token")
+            .json(&simple_request(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let summary = get_json(&gw.url("/metrics/observability")).await;
+    assert_eq!(summary["requests"], 3, "{summary}");
+    assert_eq!(summary["routes"]["default"], 3);
+    assert_eq!(summary["latency_ms"]["count"], 3);
+    assert!(summary["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    let input = summary["tokens"]["input"].as_u64().unwrap();
+    assert!(input > 0);
+    // One unit of cost per input token at this price.
+    assert_eq!(summary["cost"].as_f64().unwrap(), input as f64);
+    assert_eq!(summary["providers"]["mock"]["requests"], 3);
+
+    // Two failures open the only provider's breaker: not ready.
+    let mut failing = simple_request(false);
+    failing["messages"][0]["content"] = "fail".into();
+    for _ in 0..2 {
+        let r = client()
+            .post(gw.url("/v1/messages"))
+            .json(&failing)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 529);
+    }
+    let r = client().get(gw.url("/health/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let ready: Value = r.json().await.unwrap();
+    assert_eq!(ready["status"], "unavailable");
+    assert_eq!(ready["checks"]["upstreams"]["ok"], false);
+    assert_eq!(ready["checks"]["upstreams"]["unavailable"][0], "mock");
+    assert_eq!(ready["checks"]["shutdown"]["ok"], true);
+    // Live still answers.
+    let live = client().get(gw.url("/health/live")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    let metrics = client()
+        .get(gw.url("/metrics/prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("circuit_breaker_state{provider=\"mock\",state=\"open\"} 1"));
+    assert!(metrics.contains("http_requests_total{path=\"/v1/messages\",status=\"529\"} 2"));
+    // Keys and authorization headers, the client's or the provider's, are never logged.
+    assert!(gw.log_contains("\"status\":529"));
+    let log = gw.log();
+    for secret in ["client-secret-key", "client-secret-token", "sk-test-key"] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+}
