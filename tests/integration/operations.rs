@@ -248,14 +248,7 @@ async fn a_real_prometheus_scrapes_lynkr() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let exposition = client()
-        .get(format!("{admin}/metrics/prometheus"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exposition = get_text(&format!("{admin}/metrics/prometheus")).await;
 
     // Every metric the alert rules and the dashboard use is exported.
     let root = repo_root();
@@ -500,14 +493,7 @@ async fn readiness_and_the_summary_follow_the_traffic() {
     // Live still answers.
     let live = client().get(gw.url("/health/live")).send().await.unwrap();
     assert_eq!(live.status(), 200);
-    let metrics = client()
-        .get(gw.url("/metrics/prometheus"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&gw.url("/metrics/prometheus")).await;
     assert!(metrics.contains("circuit_breaker_state{provider=\"mock\",state=\"open\"} 1"));
     assert!(metrics.contains("http_requests_total{path=\"/v1/messages\",status=\"529\"} 2"));
     // Keys and authorization headers, the client's or the provider's, are never logged.

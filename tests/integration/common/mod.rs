@@ -602,6 +602,18 @@ pub async fn get_json(url: &str) -> Value {
         .unwrap()
 }
 
+/// GET `url` and read its body as text.
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub fn simple_request(stream: bool) -> Value {
     json!({
         "model": "claude-sonnet-4-5", "max_tokens": 1024, "stream": stream,
