@@ -151,7 +151,7 @@ pub async fn handle(
         ctx.routed(&decision.route, provider, model);
         let failed = |ctx: &RequestCtx, err: ApiError, last: &mut Option<ApiError>| {
             breaker.record(permit, false);
-            tracing::warn!(request_id = %ctx.request_id, route = ctx.route.as_deref(), attempt = ctx.attempts, error = %err, "attempt failed");
+            tracing::warn!(request_id = %ctx.request_id, route = ctx.route_label(), attempt = ctx.attempts, error = %err, "attempt failed");
             *last = Some(err);
         };
 

@@ -134,17 +134,12 @@ pub struct RequestCtx {
     pub request_id: String,
     pub started: Instant,
     pub status: u16,
-    /// `route/provider/model` the request went to (the last target tried).
-    pub route: Option<String>,
     /// Targets tried (1 unless the route fell back).
     pub attempts: u32,
     /// The pool endpoint (`host:port#index`) of the last attempt, if pooled.
     pub endpoint: Option<String>,
-    /// The route's name, provider and upstream model of the last attempt.
-    pub route_name: Option<String>,
-    pub provider: Option<String>,
-    pub upstream_model: Option<String>,
-    pub pricing: Option<crate::config::PricingConfig>,
+    /// Where the last attempt went, once the request was routed.
+    pub target: Option<Routed>,
     /// Anthropic error type of an error answer.
     pub error_type: Option<&'static str>,
     /// Why the request was refused before reaching a provider (for metrics).
@@ -162,14 +157,34 @@ pub struct RequestCtx {
     pub key_in_flight: Option<pingora_limits::inflight::Guard>,
 }
 
+/// The route, provider and upstream model an attempt went to.
+pub struct Routed {
+    pub route: String,
+    pub provider: String,
+    pub model: String,
+    pub pricing: Option<crate::config::PricingConfig>,
+}
+
+impl Routed {
+    /// `route/provider/model`: the `x-lynkr-route` header and the log's `route`.
+    pub fn label(&self) -> String {
+        format!("{}/{}/{}", self.route, self.provider, self.model)
+    }
+}
+
 impl RequestCtx {
     /// Note the target an attempt goes to (`x-lynkr-route`, log, metrics).
     pub fn routed(&mut self, route: &str, provider: &Provider, model: &str) {
-        self.route = Some(format!("{route}/{}/{model}", provider.name));
-        self.route_name = Some(route.to_string());
-        self.provider = Some(provider.name.clone());
-        self.upstream_model = Some(model.to_string());
-        self.pricing = provider.pricing;
+        self.target = Some(Routed {
+            route: route.to_string(),
+            provider: provider.name.clone(),
+            model: model.to_string(),
+            pricing: provider.pricing,
+        });
+    }
+
+    pub fn route_label(&self) -> Option<String> {
+        self.target.as_ref().map(Routed::label)
     }
 }
 
@@ -182,13 +197,9 @@ impl ProxyHttp for Gateway {
             request_id: String::new(),
             started: Instant::now(),
             status: 0,
-            route: None,
             attempts: 0,
             endpoint: None,
-            route_name: None,
-            provider: None,
-            upstream_model: None,
-            pricing: None,
+            target: None,
             error_type: None,
             rejected_reason: None,
             model: None,
@@ -319,8 +330,9 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let req = session.req_header();
         let duration = ctx.started.elapsed();
-        let cost = ctx
-            .pricing
+        let target = ctx.target.as_ref();
+        let cost = target
+            .and_then(|t| t.pricing)
             .map_or(0.0, |p| p.cost(ctx.input_tokens, ctx.output_tokens));
         self.metrics.record(&Finished {
             path: req.uri.path(),
@@ -328,10 +340,10 @@ impl ProxyHttp for Gateway {
             error_type: ctx.error_type,
             rejected: ctx.rejected_reason,
             duration_secs: duration.as_secs_f64(),
-            upstream: ctx.provider.as_deref().map(|provider| Upstream {
-                route: ctx.route_name.as_deref().unwrap_or(""),
-                provider,
-                model: ctx.upstream_model.as_deref().unwrap_or(""),
+            upstream: target.map(|t| Upstream {
+                route: &t.route,
+                provider: &t.provider,
+                model: &t.model,
                 attempts: ctx.attempts,
                 first_byte_secs: ctx.first_byte_ms.map(|ms| ms as f64 / 1000.0),
                 input_tokens: ctx.input_tokens,
@@ -347,9 +359,9 @@ impl ProxyHttp for Gateway {
             path = req.uri.path(),
             status = ctx.status,
             model = ctx.model.as_deref().unwrap_or(""),
-            route = ctx.route.as_deref().unwrap_or(""),
-            provider = ctx.provider.as_deref().unwrap_or(""),
-            upstream_model = ctx.upstream_model.as_deref().unwrap_or(""),
+            route = ctx.route_label().unwrap_or_default(),
+            provider = target.map_or("", |t| t.provider.as_str()),
+            upstream_model = target.map_or("", |t| t.model.as_str()),
             attempts = ctx.attempts,
             endpoint = ctx.endpoint.as_deref().unwrap_or(""),
             stream = ctx.stream,

@@ -45,8 +45,8 @@ pub async fn send(
 /// once a request was routed.
 pub fn common_headers(h: &mut ResponseHeader, ctx: &RequestCtx) -> pingora_error::Result<()> {
     h.insert_header("x-request-id", ctx.request_id.as_str())?;
-    if let Some(route) = &ctx.route {
-        h.insert_header("x-lynkr-route", route.as_str())?;
+    if let Some(route) = ctx.route_label() {
+        h.insert_header("x-lynkr-route", route)?;
     }
     Ok(())
 }

@@ -135,14 +135,6 @@ impl Pool {
         &self.members[i]
     }
 
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     /// The endpoint for a request: a healthy one not in `avoid` (those this
     /// request already tried), else any healthy one; `None` when none is
     /// healthy. `key` only matters to consistent hashing.
@@ -343,7 +335,7 @@ mod tests {
     }
 
     fn counts(p: &Pool, picks: usize) -> Vec<usize> {
-        let mut c = vec![0; p.len()];
+        let mut c = vec![0; p.members.len()];
         for _ in 0..picks {
             c[p.pick(b"", &[]).unwrap()] += 1;
         }

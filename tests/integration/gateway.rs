@@ -84,14 +84,7 @@ async fn glob_route_picks_the_mapped_model() {
     req["model"] = json!("claude-haiku-4-5-20251001");
     assert_eq!(post(&gw, &req).await.status(), 200);
     assert_eq!(mock.last().body["model"], "gpt-mini");
-    let models: Value = client()
-        .get(gw.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = get_json(&gw.url("/v1/models")).await;
     assert_eq!(models["data"][0]["type"], "model");
     assert_eq!(models["data"][0]["id"], "gpt-mock");
     assert_eq!(models["has_more"], false);

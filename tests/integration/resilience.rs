@@ -153,14 +153,7 @@ async fn circuit_breaker_opens_fails_fast_and_recovers() {
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["error"]["type"], "overloaded_error");
     assert_eq!(mock.requests().len(), 3);
-    let state: Value = client()
-        .get(gw.url("/metrics/circuit-breakers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = get_json(&gw.url("/metrics/circuit-breakers")).await;
     assert_eq!(state["providers"]["mock"]["state"], "open");
     assert_eq!(state["providers"]["mock"]["times_opened"], 1);
 
@@ -168,14 +161,7 @@ async fn circuit_breaker_opens_fails_fast_and_recovers() {
     healthy.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(post(&gw, &simple_request(false)).await.status(), 200);
-    let state: Value = client()
-        .get(gw.url("/metrics/circuit-breakers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = get_json(&gw.url("/metrics/circuit-breakers")).await;
     assert_eq!(state["providers"]["mock"]["state"], "closed");
 }
 
