@@ -1,5 +1,5 @@
-//! The per-request middleware: load-shedding admission, the rate-limit
-//! check, the circuit-breaker permit and its outcome record, and the metrics
+//! The per-request middleware: load-shedding check and admission, the
+//! rate-limit check, the circuit-breaker permit and its settlement, and the metrics
 //! update (counters, histograms, token and cost counters, JSON summary).
 //! `cargo bench --bench middleware`; figures are recorded in the README.
 
@@ -26,10 +26,10 @@ fn middleware(c: &mut Criterion) {
     let key = "key:5f1c2a9e0b7d4c3a";
     c.bench_function("per_request_middleware", |b| {
         b.iter(|| {
+            shedder.check().unwrap();
             let slot = shedder.admit().unwrap();
             let guard = limiter.check(black_box(key)).unwrap();
-            let permit = breaker.permit();
-            breaker.record(permit, true);
+            breaker.permit().unwrap().success();
             metrics.record(black_box(&Finished {
                 path: "/v1/messages",
                 status: 200,

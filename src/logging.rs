@@ -1,12 +1,44 @@
 //! Structured logging with `tracing`: JSON lines by default, readable text
 //! on a terminal. The level comes from config (`logging.level`, `LOG_LEVEL`).
+//!
+//! Pingora's crates log request headers at trace level (the upstream
+//! `Authorization` among them), so unless the filter names a Pingora crate
+//! itself, they are capped at debug: keys stay out of the log at every level.
 
 use crate::config::{LogFormat, LoggingConfig};
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
+/// Pingora's crates, capped at debug by default.
+const PINGORA_CRATES: &[&str] = &[
+    "pingora",
+    "pingora_core",
+    "pingora_proxy",
+    "pingora_http",
+    "pingora_pool",
+    "pingora_load_balancing",
+    "pingora_limits",
+    "pingora_runtime",
+    "pingora_timeout",
+    "pingora_rustls",
+    "pingora_error",
+];
+
+/// The filter for a configured level or directive list.
+pub fn filter_directives(level: &str) -> String {
+    if level.contains("pingora") {
+        return level.to_string();
+    }
+    let mut d = level.to_string();
+    for c in PINGORA_CRATES {
+        d.push_str(&format!(",{c}=debug"));
+    }
+    d
+}
+
 pub fn init(cfg: &LoggingConfig) {
-    let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(filter_directives(&cfg.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match cfg.format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -21,4 +53,23 @@ pub fn init(cfg: &LoggingConfig) {
     } else {
         builder.try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pingora_is_capped_below_trace_unless_named() {
+        let d = filter_directives("trace");
+        assert!(
+            d.starts_with("trace,") && d.contains("pingora_core=debug"),
+            "{d}"
+        );
+        assert!(d.parse::<EnvFilter>().is_ok());
+        assert_eq!(
+            filter_directives("info,pingora_core=trace"),
+            "info,pingora_core=trace"
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! Prometheus metrics (`/metrics/prometheus`) and the JSON summary behind
 //! `/metrics/observability`. Every label value is bounded: paths are the
 //! gateway's own endpoints, providers and routes come from the
-//! configuration, and model names are capped at `MAX_MODELS` distinct values.
+//! configuration, and model names are those the configuration names (its
+//! targets' models and exact routes; anything else counts as `other`),
+//! capped at `MAX_MODELS` distinct values.
 
 use prometheus::{
     Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
@@ -27,6 +29,7 @@ pub const REJECT_REASONS: &[&str] = &[
     "rate_limit_per_minute",
     "rate_limit_in_flight",
     "targets_unavailable",
+    "request_bytes_budget",
 ];
 
 /// Request durations: LLM calls run from milliseconds to minutes.
@@ -91,6 +94,8 @@ struct State {
     by_target: HashMap<String, HashMap<String, TargetChildren>>,
     /// Model label values in use (at most `MAX_MODELS`).
     models: usize,
+    /// The model names labels may carry; `None`: any (up to the cap).
+    allowed_models: Option<std::collections::HashSet<String>>,
     summary: Summary,
 }
 
@@ -108,8 +113,12 @@ impl State {
         if !self.by_target.contains_key(provider) {
             self.by_target.insert(provider.to_string(), HashMap::new());
         }
+        let allowed = self
+            .allowed_models
+            .as_ref()
+            .is_none_or(|a| a.contains(model));
         let known = self.by_target[provider].contains_key(model);
-        let model = if known || self.models < MAX_MODELS {
+        let model = if allowed && (known || self.models < MAX_MODELS) {
             model
         } else {
             "other"
@@ -289,6 +298,14 @@ impl Metrics {
             state: Mutex::new(State::default()),
             started: Instant::now(),
         }
+    }
+
+    /// Metrics whose model labels are only the names given (the
+    /// configuration's); any other model counts as `other`.
+    pub fn with_models(names: impl IntoIterator<Item = String>) -> Self {
+        let m = Self::new();
+        m.state.lock().unwrap().allowed_models = Some(names.into_iter().collect());
+        m
     }
 
     /// A refusal before the request reached routing (shedding, rate limit).
@@ -569,6 +586,32 @@ mod tests {
             ),
             Some(10_000.0)
         );
+    }
+
+    /// Regression: the model label took the first 64 names clients sent
+    /// (a passthrough target forwards any), so clients chose the series.
+    #[test]
+    fn model_labels_are_the_configured_names() {
+        let m = Metrics::with_models(["gpt-4o".to_string()]);
+        for n in ["gpt-4o", "client-invented-1", "client-invented-2"] {
+            m.record(&routed(n, 200, 0.1));
+        }
+        let text = String::from_utf8(m.render()).unwrap();
+        assert_eq!(
+            sample(
+                &text,
+                r#"tokens_input_total{model="gpt-4o",provider="openai"}"#
+            ),
+            Some(1000.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"tokens_input_total{model="other",provider="openai"}"#
+            ),
+            Some(2000.0)
+        );
+        assert!(!text.contains("client-invented"));
     }
 
     #[test]

@@ -1,33 +1,14 @@
-//! Builds the Pingora server from the configuration.
+//! Builds the Pingora server from the configuration: one HTTP service for
+//! the API listeners, one for the optional admin listener (health and
+//! metrics only), the drain that follows shutdown, and the pool health checks.
 
 use crate::config::Config;
-use crate::gateway::Gateway;
-use async_trait::async_trait;
+use crate::gateway::{DrainService, Gateway, LynkrApp};
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{Server, ShutdownWatch};
-use pingora_core::services::background::{background_service, BackgroundService};
-use std::sync::atomic::{AtomicBool, Ordering};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
 use std::sync::Arc;
-
-/// Raises the gateway's shutting-down flag (`/health/ready` turns 503) when
-/// Pingora broadcasts graceful shutdown: at SIGTERM, and at SIGQUIT once the
-/// listeners have been handed to the new process.
-struct ShutdownFlag(Arc<AtomicBool>);
-
-#[async_trait]
-impl BackgroundService for ShutdownFlag {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
-        self.0.store(true, Ordering::Relaxed);
-        tracing::info!(
-            "graceful shutdown started: readiness now fails, in-flight requests continue"
-        );
-    }
-}
 
 /// Pingora's own settings, taken from the `server` section.
 pub fn server_conf(config: &Config) -> ServerConf {
@@ -38,7 +19,7 @@ pub fn server_conf(config: &Config) -> ServerConf {
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
         threads: s.threads,
-        grace_period_seconds: Some(s.grace_period_seconds),
+        grace_period_seconds: Some(s.grace_seconds(&config.timeouts)),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
         ..ServerConf::default()
     };
@@ -52,20 +33,37 @@ pub fn build(config: &Config, mut opt: Opt) -> Result<Server, String> {
     opt.conf = None;
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config));
     server.bootstrap();
-    let gateway = Gateway::from_config(config)?;
+    let gateway = Arc::new(Gateway::from_config(config)?);
     let health_checks = gateway.health_services();
-    let shutdown = ShutdownFlag(gateway.shutting_down.clone());
-    let mut service = pingora_proxy::http_proxy_service(&server.configuration, gateway);
-    service.threads = Some(config.server.threads);
+    let drain = DrainService(gateway.drain.clone());
+
+    let mut api = Service::new(
+        "lynkr api".to_string(),
+        LynkrApp {
+            gateway: gateway.clone(),
+            admin: false,
+        },
+    );
+    api.threads = Some(config.server.threads);
     for addr in &config.server.listen {
-        service.add_tcp(addr);
+        api.add_tcp(addr);
     }
-    // Same service; request_filter restricts this listener to health and metrics.
-    if let Some(admin) = &config.server.admin_listen {
-        service.add_tcp(admin);
+    server.add_service(api);
+    // A service of its own: a request is an admin request by the socket
+    // that accepted it, whatever address or port the listeners share.
+    if let Some(addr) = &config.server.admin_listen {
+        let mut admin = Service::new(
+            "lynkr admin".to_string(),
+            LynkrApp {
+                gateway,
+                admin: true,
+            },
+        );
+        admin.threads = Some(1);
+        admin.add_tcp(addr);
+        server.add_service(admin);
     }
-    server.add_service(service);
     server.add_services(health_checks);
-    server.add_service(background_service("shutdown flag", shutdown));
+    server.add_service(background_service("drain", drain));
     Ok(server)
 }

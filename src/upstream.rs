@@ -6,9 +6,7 @@
 //! 80-130 KB requests (see DESIGN.md).
 
 use crate::config::TimeoutsConfig;
-use crate::protocol::error::{ApiError, ErrorKind};
-use crate::providers::pool::Member;
-use crate::providers::{Endpoint, Provider};
+use crate::protocol::error::{upstream_error_message, ApiError, ErrorKind};
 use bytes::Bytes;
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
@@ -28,6 +26,63 @@ const DNS_TTL: Duration = Duration::from_secs(30);
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Attempts when a pooled connection turns out to be closed by the server.
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
+
+/// Where a request goes: scheme, host, port, and the request line's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path and query of the request line.
+    pub path: String,
+}
+
+impl Endpoint {
+    /// The value of the `Host` header.
+    pub fn authority(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    pub fn from_url(url: &url::Url) -> Result<Endpoint, String> {
+        let host = url.host_str().ok_or("URL has no host")?;
+        let mut path = url.path().to_string();
+        if let Some(q) = url.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        Ok(Endpoint {
+            tls: url.scheme() == "https",
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: url.port_or_known_default().ok_or("URL has no port")?,
+            path,
+        })
+    }
+}
+
+/// One request to send: where, with which headers and body. Built by a
+/// provider; the client adds only the transport's own headers (host,
+/// content-type, content-length, accept, user-agent, x-request-id).
+pub struct Outgoing<'a> {
+    pub endpoint: &'a Endpoint,
+    /// CA certificates trusted for this endpoint; `None`: the system roots.
+    pub ca: Option<&'a std::sync::Arc<CaType>>,
+    /// Credentials and the provider kind's headers.
+    pub headers: &'a [(&'static str, String)],
+    /// Headers from the configuration (`providers.NAME.headers`).
+    pub extra_headers: &'a [(String, String)],
+    pub body: Bytes,
+    /// Ask for an event stream rather than JSON.
+    pub stream: bool,
+    pub request_id: &'a str,
+}
 
 pub struct UpstreamClient {
     connector: Connector,
@@ -59,17 +114,10 @@ impl UpstreamClient {
         }
     }
 
-    /// POST `body` to the provider's `endpoint` and wait for the response header.
-    pub async fn send(
-        &self,
-        provider: &Provider,
-        endpoint: &Endpoint,
-        headers: &[(&'static str, String)],
-        body: Bytes,
-        stream: bool,
-        request_id: &str,
-    ) -> Result<Exchange, ApiError> {
-        let peer = self.peer(provider, endpoint).await?;
+    /// POST the request and wait for the response header. `label` names
+    /// the upstream in error messages (the provider's name).
+    pub async fn send(&self, out: &Outgoing<'_>, label: &str) -> Result<Exchange, ApiError> {
+        let peer = self.peer(out.endpoint, out.ca).await?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -77,12 +125,11 @@ impl UpstreamClient {
                 .connector
                 .get_http_session(&peer)
                 .await
-                .map_err(|e| transport_error(&e, &provider.name))?;
-            let header =
-                request_header(provider, endpoint, headers, body.len(), stream, request_id)?;
+                .map_err(|e| transport_error(&e, label))?;
+            let header = request_header(out)?;
             session.set_write_timeout(Some(self.write));
             session.set_read_timeout(Some(self.first_byte));
-            match exchange(&mut session, header, body.clone()).await {
+            match exchange(&mut session, header, out.body.clone()).await {
                 Ok(status) => {
                     session.set_read_timeout(Some(self.read));
                     return Ok(Exchange {
@@ -94,20 +141,24 @@ impl UpstreamClient {
                 // A pooled connection the server had already closed: nothing
                 // was processed, so the request is sent again on another.
                 Err(e) if reused && attempt < STALE_CONNECTION_ATTEMPTS && is_stale(&e) => {
-                    tracing::debug!(provider = %provider.name, error = %e, "stale pooled connection, retrying");
+                    tracing::debug!(upstream = %label, error = %e, "stale pooled connection, retrying");
                     session.shutdown().await;
                 }
                 Err(e) => {
                     session.shutdown().await;
-                    return Err(transport_error(&e, &provider.name));
+                    return Err(transport_error(&e, label));
                 }
             }
         }
     }
 
-    async fn peer(&self, provider: &Provider, ep: &Endpoint) -> Result<HttpPeer, ApiError> {
+    async fn peer(
+        &self,
+        ep: &Endpoint,
+        ca: Option<&std::sync::Arc<CaType>>,
+    ) -> Result<HttpPeer, ApiError> {
         let addr = self.resolve(&ep.host, ep.port).await?;
-        let mut peer = http_peer(addr, ep, provider.ca.clone(), self.connect, self.first_byte);
+        let mut peer = http_peer(addr, ep, ca.cloned(), self.connect, self.first_byte);
         peer.options.write_timeout = Some(self.write);
         peer.options.idle_timeout = Some(self.pool_idle);
         Ok(peer)
@@ -181,8 +232,7 @@ impl Exchange {
             .read_all(provider, MAX_ERROR_BODY)
             .await
             .unwrap_or_default();
-        let message = crate::providers::openai::response::upstream_error_message(&body);
-        let mut err = ApiError::from_upstream_status(self.status, message);
+        let mut err = ApiError::from_upstream_status(self.status, upstream_error_message(&body));
         err.retry_after = self
             .header("retry-after")
             .and_then(|v| v.trim().parse().ok());
@@ -244,12 +294,12 @@ pub async fn probe_tcp(ep: &Endpoint, timeout: Duration) -> Result<(), String> {
 /// 2xx within `timeout`. A fresh connection each time, closed afterwards.
 pub async fn probe_http(
     connector: &Connector,
-    member: &Member,
+    ep: &Endpoint,
+    auth: Option<&(&'static str, String)>,
     path: &str,
     ca: Option<std::sync::Arc<CaType>>,
     timeout: Duration,
 ) -> Result<(), String> {
-    let ep = &member.endpoint;
     let probe = async {
         let addr = lookup(&ep.host, ep.port)
             .await
@@ -263,7 +313,7 @@ pub async fn probe_http(
             let mut h = RequestHeader::build("GET", path.as_bytes(), Some(4))?;
             h.insert_header("host", ep.authority())?;
             h.insert_header("user-agent", concat!("lynkr/", env!("CARGO_PKG_VERSION")))?;
-            if let Some((name, value)) = &member.auth {
+            if let Some((name, value)) = auth {
                 h.insert_header(*name, value.as_str())?;
             }
             Ok(h)
@@ -303,37 +353,27 @@ async fn exchange(
         .unwrap_or(502))
 }
 
-fn request_header(
-    provider: &Provider,
-    endpoint: &Endpoint,
-    headers: &[(&'static str, String)],
-    len: usize,
-    stream: bool,
-    request_id: &str,
-) -> Result<RequestHeader, ApiError> {
+fn request_header(out: &Outgoing<'_>) -> Result<RequestHeader, ApiError> {
     let build = || -> pingora_error::Result<RequestHeader> {
-        let mut h = RequestHeader::build("POST", endpoint.path.as_bytes(), Some(8))?;
-        h.insert_header("host", endpoint.authority())?;
+        let mut h = RequestHeader::build("POST", out.endpoint.path.as_bytes(), Some(8))?;
+        h.insert_header("host", out.endpoint.authority())?;
         h.insert_header("content-type", "application/json")?;
-        h.insert_header("content-length", len.to_string())?;
+        h.insert_header("content-length", out.body.len().to_string())?;
         // No accept-encoding: the body is parsed (SSE) as it arrives.
         h.insert_header(
             "accept",
-            if stream {
+            if out.stream {
                 "text/event-stream"
             } else {
                 "application/json"
             },
         )?;
         h.insert_header("user-agent", concat!("lynkr/", env!("CARGO_PKG_VERSION")))?;
-        h.insert_header("x-request-id", request_id)?;
-        if let Some((name, value)) = &provider.auth {
+        h.insert_header("x-request-id", out.request_id)?;
+        for (name, value) in out.headers {
             h.insert_header(*name, value.as_str())?;
         }
-        for (name, value) in headers {
-            h.insert_header(*name, value.as_str())?;
-        }
-        for (name, value) in &provider.extra_headers {
+        for (name, value) in out.extra_headers {
             h.insert_header(name.clone(), value.as_str())?;
         }
         Ok(h)
@@ -367,5 +407,8 @@ fn transport_error(e: &Error, provider: &str) -> ApiError {
         | ErrorType::HandshakeError => (502, "upstream connect error"),
         _ => (502, "upstream connection error"),
     };
-    ApiError::new(ErrorKind::ApiError, format!("{what} ({provider}): {e}")).with_status(status)
+    let mut err =
+        ApiError::new(ErrorKind::ApiError, format!("{what} ({provider}): {e}")).with_status(status);
+    err.origin = crate::protocol::error::Origin::Transport;
+    err
 }

@@ -19,7 +19,6 @@ pub use validate::AZURE_DEFAULT_API_VERSION;
 
 pub use validate::Problem;
 
-use crate::providers::openai::{MaxTokensField, ReasoningStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -51,14 +50,36 @@ pub struct ServerConfig {
     pub admin_listen: Option<String>,
     /// Unix socket over which a new binary (`-u`) takes the listeners.
     pub upgrade_sock: String,
-    /// Seconds between SIGTERM and the start of the final shutdown.
-    pub grace_period_seconds: u64,
+    /// Seconds in-flight requests and streams may run on after shutdown
+    /// (SIGTERM, or the SIGQUIT of an upgrade) begins; they are then closed
+    /// with an `overloaded_error` event. Default: the longest request the
+    /// gateway allows (`timeouts.total_ms`) plus `drain_ms` and a margin, so
+    /// a reload never cuts a stream short. The process exits as soon as
+    /// nothing is in flight.
+    pub grace_period_seconds: Option<u64>,
+    /// After shutdown begins, how long an idle kept-alive connection may
+    /// still send a request (answered with `Connection: close`) before it
+    /// is closed.
+    pub drain_ms: u64,
     /// Seconds the final shutdown may take.
     pub graceful_shutdown_timeout_seconds: u64,
     /// Run in the background (also `-d`).
     pub daemon: bool,
     /// File for the error log when daemonized.
     pub error_log: Option<String>,
+}
+
+/// Seconds added to the longest request for the default grace period.
+const GRACE_MARGIN_SECS: u64 = 5;
+
+impl ServerConfig {
+    /// The grace period in effect: the setting, or one that covers the
+    /// longest request `timeouts` allow.
+    pub fn grace_seconds(&self, timeouts: &TimeoutsConfig) -> u64 {
+        self.grace_period_seconds.unwrap_or_else(|| {
+            timeouts.total_ms.div_ceil(1000) + self.drain_ms.div_ceil(1000) + GRACE_MARGIN_SECS
+        })
+    }
 }
 
 impl Default for ServerConfig {
@@ -69,7 +90,8 @@ impl Default for ServerConfig {
             admin_listen: None,
             pid_file: "/tmp/lynkr.pid".into(),
             upgrade_sock: "/tmp/lynkr_upgrade.sock".into(),
-            grace_period_seconds: 30,
+            grace_period_seconds: None,
+            drain_ms: 5_000,
             graceful_shutdown_timeout_seconds: 10,
             daemon: false,
             error_log: None,
@@ -82,6 +104,9 @@ impl Default for ServerConfig {
 pub struct LimitsConfig {
     /// Largest request body accepted (bytes).
     pub max_body_bytes: usize,
+    /// Request body bytes held at once over all requests; a request that
+    /// would pass it gets 529 (bytes).
+    pub max_buffered_bytes: usize,
     /// Largest non-streaming upstream response read (bytes).
     pub max_response_bytes: usize,
 }
@@ -90,6 +115,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_body_bytes: 32 * 1024 * 1024,
+            max_buffered_bytes: 512 * 1024 * 1024,
             max_response_bytes: 64 * 1024 * 1024,
         }
     }
@@ -109,6 +135,14 @@ pub struct TimeoutsConfig {
     pub write_ms: u64,
     /// How long an idle pooled upstream connection is kept.
     pub pool_idle_ms: u64,
+    /// Longest time a request may take from its arrival to the end of its
+    /// answer, streams included.
+    pub total_ms: u64,
+    /// How long a client may take to send a request's header once it
+    /// started, and its whole body.
+    pub client_read_ms: u64,
+    /// How long an idle kept-alive client connection is kept open.
+    pub client_idle_ms: u64,
 }
 
 impl Default for TimeoutsConfig {
@@ -119,6 +153,9 @@ impl Default for TimeoutsConfig {
             read_ms: 300_000,
             write_ms: 60_000,
             pool_idle_ms: 90_000,
+            total_ms: 1_800_000,
+            client_read_ms: 60_000,
+            client_idle_ms: 60_000,
         }
     }
 }
@@ -201,6 +238,27 @@ impl Default for CapabilitiesConfig {
             context_window: None,
         }
     }
+}
+
+/// Which field carries the output limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    MaxTokens,
+    /// Required by OpenAI's reasoning models, accepted by its others.
+    MaxCompletionTokens,
+}
+
+/// How the provider takes a reasoning (thinking) request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasoningStyle {
+    /// Thinking is not forwarded (non-reasoning models reject the fields).
+    None,
+    /// `reasoning_effort: low|medium|high` (OpenAI o-series and gpt-5, Azure).
+    Effort,
+    /// OpenRouter's `reasoning: {max_tokens}` / `{effort}`.
+    Openrouter,
 }
 
 /// Presets fill in URL shape, authentication and translation defaults.

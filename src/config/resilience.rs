@@ -75,7 +75,8 @@ pub struct SheddingConfig {
     /// (LOAD_SHEDDING_ACTIVE_REQUESTS_THRESHOLD).
     pub max_in_flight: usize,
     /// Resident memory above which new requests get 529: bytes, or a share
-    /// of the machine's memory when at most 1.0 (0: off)
+    /// of the memory available to the process when at most 1.0 (the cgroup
+    /// limit in a container, else the machine's memory); 0: off
     /// (LOAD_SHEDDING_MEMORY_THRESHOLD).
     pub max_memory: f64,
     /// Background (haiku-class) requests are shed once in-flight requests
@@ -89,7 +90,7 @@ impl Default for SheddingConfig {
     fn default() -> Self {
         SheddingConfig {
             max_in_flight: 1024,
-            max_memory: 0.0,
+            max_memory: 0.8,
             background_share: 0.8,
             retry_after_secs: 2,
         }

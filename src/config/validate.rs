@@ -140,6 +140,20 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
             "must be greater than 0",
         ));
     }
+    if c.limits.max_buffered_bytes < c.limits.max_body_bytes {
+        p.push(Problem::new(
+            "limits.max_buffered_bytes",
+            "must be at least limits.max_body_bytes",
+        ));
+    }
+    if let Some(g) = c.server.grace_period_seconds {
+        if g.saturating_mul(1000) < c.server.drain_ms {
+            p.push(Problem::new(
+                "server.grace_period_seconds",
+                "must cover server.drain_ms",
+            ));
+        }
+    }
     if c.limits.max_response_bytes == 0 {
         p.push(Problem::new(
             "limits.max_response_bytes",
@@ -153,6 +167,9 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
         ("read_ms", t.read_ms),
         ("write_ms", t.write_ms),
         ("pool_idle_ms", t.pool_idle_ms),
+        ("total_ms", t.total_ms),
+        ("client_read_ms", t.client_read_ms),
+        ("client_idle_ms", t.client_idle_ms),
     ] {
         if v == 0 {
             p.push(Problem::new(
@@ -223,7 +240,7 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
             ));
         }
         if let Some(file) = &prov.tls_ca_file {
-            if let Err(e) = crate::providers::load_ca_file(file) {
+            if let Err(e) = crate::util::tls::load_ca_file(file) {
                 p.push(Problem::new(format!("{path}.tls_ca_file"), e));
             }
         }
@@ -374,7 +391,7 @@ fn check_pattern(path: &str, pattern: &str, p: &mut Vec<Problem>) {
         && pattern.contains(['*', '?'])
         && !KNOWN_CLAUDE_MODELS
             .iter()
-            .any(|m| crate::routing::glob_match(pattern, m))
+            .any(|m| crate::util::glob_match(pattern, m))
     {
         p.push(Problem::new(
             path,

@@ -1,10 +1,18 @@
-//! The Pingora `ProxyHttp` implementation. Every request is answered inside
-//! `request_filter`: ops endpoints directly, `/v1/messages` by the gateway
-//! exchange in `messages.rs`. Pingora's upstream proxying is never used.
+//! The gateway: its shared state, what one request carries through its
+//! life, and the request's phases (admission, dispatch, accounting). The
+//! HTTP server that drives them is `http.rs`; `/v1/messages` is answered
+//! by the exchange in `messages.rs` and `attempt.rs`.
 
+mod attempt;
+mod body;
+mod drain;
+mod http;
 mod messages;
 mod ops;
 mod respond;
+
+pub use drain::{Drain, DrainService};
+pub use http::LynkrApp;
 
 use crate::config::{Config, LimitsConfig};
 use crate::metrics::{Finished, Metrics, Upstream};
@@ -13,35 +21,40 @@ use crate::providers::pool::Pool;
 use crate::providers::Provider;
 use crate::resilience::backoff::RetryPolicy;
 use crate::resilience::breaker::Breaker;
+use crate::resilience::buffered::{BodyBudget, Reservation};
 use crate::resilience::rate_limit::{Limited, RateLimiter};
 use crate::resilience::shedder::{InFlight, Shed, Shedder};
 use crate::routing::Router;
 use crate::upstream::UpstreamClient;
-use async_trait::async_trait;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
-use pingora_proxy::{ProxyHttp, Session};
+use crate::util::redact::Redactor;
+use pingora_core::protocols::http::ServerSession;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub struct Gateway {
     pub router: Router,
     pub upstream: UpstreamClient,
     pub limits: LimitsConfig,
+    /// How long a client may take to send a request header or body.
+    pub client_read: Duration,
+    /// How long an idle kept-alive client connection is kept.
+    pub client_idle: Duration,
+    /// Longest a request may take, streams included.
+    pub total: Duration,
     pub retry: RetryPolicy,
     /// One circuit breaker per provider, by name.
     pub breakers: HashMap<String, Breaker>,
     pub shedder: Shedder,
+    pub body_budget: BodyBudget,
     pub limiter: RateLimiter,
     /// Providers with several endpoints, by name.
     pub pools: Vec<(String, Arc<Pool>)>,
     pub metrics: Metrics,
-    /// Set the moment graceful shutdown (or an upgrade handoff) begins.
-    pub shutting_down: Arc<AtomicBool>,
-    /// The admin listener, which serves only health and metrics.
-    pub admin_addr: Option<std::net::SocketAddr>,
+    /// Shutdown and upgrade state (`/health/ready`, the drain, stream cuts).
+    pub drain: Arc<Drain>,
+    /// Every configured provider key, kept out of upstream error text.
+    pub redactor: Redactor,
 }
 
 impl Gateway {
@@ -58,28 +71,33 @@ impl Gateway {
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let r = &config.resilience;
+        let t = &config.timeouts;
+        let router = Router::new(config, &providers)?;
         Ok(Gateway {
-            router: Router::new(config, &providers)?,
-            upstream: UpstreamClient::new(&config.timeouts),
+            metrics: Metrics::with_models(router.configured_models()),
+            router,
+            upstream: UpstreamClient::new(t),
             limits: config.limits.clone(),
+            client_read: Duration::from_millis(t.client_read_ms),
+            client_idle: Duration::from_millis(t.client_idle_ms),
+            total: Duration::from_millis(t.total_ms),
             retry: RetryPolicy::new(&r.retry),
             breakers: providers
                 .iter()
                 .map(|p| (p.name.clone(), Breaker::new(&r.circuit_breaker)))
                 .collect(),
             shedder: Shedder::new(&r.load_shedding),
+            body_budget: BodyBudget::new(config.limits.max_buffered_bytes),
             limiter: RateLimiter::new(&r.rate_limit),
             pools: providers
                 .iter()
                 .filter_map(|p| Some((p.name.clone(), p.pool.clone()?)))
                 .collect(),
-            metrics: Metrics::new(),
-            shutting_down: Arc::new(AtomicBool::new(false)),
-            admin_addr: config
-                .server
-                .admin_listen
-                .as_deref()
-                .and_then(|a| a.parse().ok()),
+            drain: Arc::new(Drain::new(
+                Duration::from_millis(config.server.drain_ms),
+                Duration::from_secs(config.server.grace_seconds(t)),
+            )),
+            redactor: Redactor::new(providers.iter().flat_map(|p| p.secrets())),
         })
     }
 
@@ -91,175 +109,66 @@ impl Gateway {
             .collect()
     }
 
-    fn is_admin_listener(&self, session: &Session) -> bool {
-        self.admin_addr.is_some_and(|admin| {
-            session
-                .server_addr()
-                .and_then(|a| a.as_inet())
-                .is_some_and(|a| a.port() == admin.port())
-        })
-    }
-
     /// The breaker of a configured provider.
     pub fn breaker(&self, provider: &str) -> &Breaker {
         &self.breakers[provider]
     }
-}
 
-/// Health, metrics and the root answer even under overload.
-fn is_ops_path(path: &str) -> bool {
-    path == "/" || path.starts_with("/health/") || path.starts_with("/metrics")
-}
-
-/// The rate-limit key: the client's API key (hashed, never kept), else its address.
-fn client_key(session: &Session) -> String {
-    let h = &session.req_header().headers;
-    match h.get("x-api-key").or_else(|| h.get("authorization")) {
-        Some(k) => format!(
-            "key:{:016x}",
-            crate::routing::fnv1a(k.to_str().unwrap_or(""))
-        ),
-        None => format!(
-            "addr:{}",
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet().map(|i| i.ip().to_string()))
-                .unwrap_or_default()
-        ),
-    }
-}
-
-/// What one request did, for the access log.
-pub struct RequestCtx {
-    pub request_id: String,
-    pub started: Instant,
-    pub status: u16,
-    /// Targets tried (1 unless the route fell back).
-    pub attempts: u32,
-    /// The pool endpoint (`host:port#index`) of the last attempt, if pooled.
-    pub endpoint: Option<String>,
-    /// Where the last attempt went, once the request was routed.
-    pub target: Option<Routed>,
-    /// Anthropic error type of an error answer.
-    pub error_type: Option<&'static str>,
-    /// Why the request was refused before reaching a provider (for metrics).
-    pub rejected_reason: Option<&'static str>,
-    pub model: Option<String>,
-    pub stream: bool,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub first_byte_ms: Option<u64>,
-    pub error: Option<String>,
-    /// Set when the request was refused before its body was read.
-    pub rejected: Option<ApiError>,
-    /// Held for the request's life: its in-flight slots.
-    pub in_flight: Option<InFlight>,
-    pub key_in_flight: Option<pingora_limits::inflight::Guard>,
-}
-
-/// The route, provider and upstream model an attempt went to.
-pub struct Routed {
-    pub route: String,
-    pub provider: String,
-    pub model: String,
-    pub pricing: Option<crate::config::PricingConfig>,
-}
-
-impl Routed {
-    /// `route/provider/model`: the `x-lynkr-route` header and the log's `route`.
-    pub fn label(&self) -> String {
-        format!("{}/{}/{}", self.route, self.provider, self.model)
-    }
-}
-
-impl RequestCtx {
-    /// Note the target an attempt goes to (`x-lynkr-route`, log, metrics).
-    pub fn routed(&mut self, route: &str, provider: &Provider, model: &str) {
-        self.target = Some(Routed {
-            route: route.to_string(),
-            provider: provider.name.clone(),
-            model: model.to_string(),
-            pricing: provider.pricing,
-        });
-    }
-
-    pub fn route_label(&self) -> Option<String> {
-        self.target.as_ref().map(Routed::label)
-    }
-}
-
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            request_id: String::new(),
-            started: Instant::now(),
-            status: 0,
-            attempts: 0,
-            endpoint: None,
-            target: None,
-            error_type: None,
-            rejected_reason: None,
-            model: None,
-            stream: false,
-            input_tokens: 0,
-            output_tokens: 0,
-            first_byte_ms: None,
-            error: None,
-            rejected: None,
-            in_flight: None,
-            key_in_flight: None,
-        }
-    }
-
-    async fn early_request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        // Keep a caller's request id (bounded, printable) or make one.
-        ctx.request_id = session
-            .req_header()
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128)
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("req_{:016x}", crate::util::unique_id()));
-        // Load shedding, before any body is read.
-        if !is_ops_path(session.req_header().uri.path()) {
-            match self.shedder.admit() {
-                Ok(guard) => ctx.in_flight = Some(guard),
-                Err(why) => {
-                    ctx.rejected_reason = Some(match why {
-                        Shed::Memory => "load_shedding_memory",
-                        _ => "load_shedding_in_flight",
-                    });
-                    let mut e = ApiError::new(
-                        ErrorKind::OverloadedError,
-                        match why {
-                            Shed::Memory => "Lynkr is overloaded (memory); retry later",
-                            _ => "Lynkr is overloaded (too many requests in flight); retry later",
-                        },
-                    );
-                    e.retry_after = Some(self.shedder.retry_after_secs);
-                    ctx.rejected = Some(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    /// Answer one request. `admin`: it came in on the admin listener, which
+    /// serves only health and metrics.
+    pub async fn serve(&self, session: &mut ServerSession, ctx: &mut RequestCtx, admin: bool) {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
-        if let Some(e) = ctx.rejected.take() {
+        ctx.request_id = request_id(session);
+        let result = match self.admit(session, ctx, &path, admin) {
+            Err(e) => Err(e),
+            Ok(()) => match (method.as_str(), path.as_str()) {
+                ("POST", "/v1/messages") => messages::handle(self, session, ctx).await,
+                ("POST", "/v1/messages/count_tokens") => {
+                    ops::count_tokens(self, session, ctx).await
+                }
+                ("GET", "/v1/models") => ops::models(self, session, ctx).await,
+                ("GET" | "HEAD", "/") => ops::root(session, ctx).await,
+                ("GET" | "HEAD", "/health/live") => ops::live(session, ctx).await,
+                ("GET" | "HEAD", "/health/ready") => ops::ready(self, session, ctx).await,
+                ("GET", "/metrics/prometheus") => ops::prometheus(self, session, ctx).await,
+                ("GET", "/metrics/observability") => ops::observability(self, session, ctx).await,
+                ("GET", "/metrics/circuit-breakers") => {
+                    ops::circuit_breakers(self, session, ctx).await
+                }
+                ("GET", "/metrics/endpoints") => ops::endpoints(self, session, ctx).await,
+                _ => Err(ApiError::not_found(format!(
+                    "{method} {path}: no such endpoint"
+                ))),
+            },
+        };
+        if let Err(e) = result {
             respond::error(session, ctx, &e).await;
-            return Ok(true);
         }
-        if self.limiter.enabled() && !is_ops_path(&path) {
+    }
+
+    /// The checks before a request's body is read: the admin listener's
+    /// restriction, load shedding (nothing is counted yet: a request holds
+    /// an in-flight slot only once its body has arrived), and rate limits.
+    fn admit(
+        &self,
+        session: &ServerSession,
+        ctx: &mut RequestCtx,
+        path: &str,
+        admin: bool,
+    ) -> Result<(), ApiError> {
+        if is_ops_path(path) {
+            return Ok(());
+        }
+        if admin {
+            return Err(ApiError::not_found(format!(
+                "{path}: the admin listener serves only health and metrics"
+            )));
+        }
+        if let Err(why) = self.shedder.check() {
+            return Err(self.shed(ctx, why));
+        }
+        if self.limiter.enabled() {
             match self.limiter.check(&client_key(session)) {
                 Ok(guard) => ctx.key_in_flight = guard,
                 Err(limited) => {
@@ -267,67 +176,47 @@ impl ProxyHttp for Gateway {
                         Limited::PerMinute(_) => "rate_limit_per_minute",
                         Limited::InFlight(_) => "rate_limit_in_flight",
                     });
-                    let mut e = ApiError::new(
-                        ErrorKind::RateLimitError,
-                        match limited {
-                            Limited::PerMinute(n) => format!(
-                                "rate limit: more than {n} requests per minute for this key"
-                            ),
-                            Limited::InFlight(n) => {
-                                format!("rate limit: more than {n} requests in flight for this key")
-                            }
-                        },
-                    );
-                    e.retry_after = Some(match limited {
-                        Limited::PerMinute(_) => 60,
-                        Limited::InFlight(_) => 1,
-                    });
-                    respond::error(session, ctx, &e).await;
-                    return Ok(true);
+                    let (message, retry_after) = match limited {
+                        Limited::PerMinute(n) => (
+                            format!("rate limit: more than {n} requests per minute for this key"),
+                            60,
+                        ),
+                        Limited::InFlight(n) => (
+                            format!("rate limit: more than {n} requests in flight for this key"),
+                            1,
+                        ),
+                    };
+                    let mut e = ApiError::new(ErrorKind::RateLimitError, message);
+                    e.retry_after = Some(retry_after);
+                    return Err(e);
                 }
             }
         }
-        if self.is_admin_listener(session) && !is_ops_path(&path) {
-            let e = ApiError::not_found(format!(
-                "{method} {path}: the admin listener serves only health and metrics"
-            ));
-            respond::error(session, ctx, &e).await;
-            return Ok(true);
-        }
-        let result = match (method.as_str(), path.as_str()) {
-            ("POST", "/v1/messages") => messages::handle(self, session, ctx).await,
-            ("POST", "/v1/messages/count_tokens") => ops::count_tokens(self, session, ctx).await,
-            ("GET", "/v1/models") => ops::models(self, session, ctx).await,
-            ("GET" | "HEAD", "/") => ops::root(session, ctx).await,
-            ("GET" | "HEAD", "/health/live") => ops::live(session, ctx).await,
-            ("GET" | "HEAD", "/health/ready") => ops::ready(self, session, ctx).await,
-            ("GET", "/metrics/prometheus") => ops::prometheus(self, session, ctx).await,
-            ("GET", "/metrics/observability") => ops::observability(self, session, ctx).await,
-            ("GET", "/metrics/circuit-breakers") => ops::circuit_breakers(self, session, ctx).await,
-            ("GET", "/metrics/endpoints") => ops::endpoints(self, session, ctx).await,
-            _ => Err(ApiError::not_found(format!(
-                "{method} {path}: no such endpoint"
-            ))),
+        Ok(())
+    }
+
+    /// The 529 for a shed request, noted for the metrics.
+    fn shed(&self, ctx: &mut RequestCtx, why: Shed) -> ApiError {
+        let (reason, message) = match why {
+            Shed::Memory => (
+                "load_shedding_memory",
+                "Lynkr is overloaded (memory); retry later",
+            ),
+            Shed::Background => (
+                "load_shedding_background",
+                "background requests are shed under load",
+            ),
+            Shed::InFlight => (
+                "load_shedding_in_flight",
+                "Lynkr is overloaded (too many requests in flight); retry later",
+            ),
         };
-        if let Err(e) = result {
-            respond::error(session, ctx, &e).await;
-        }
-        Ok(true)
+        ctx.rejected_reason = Some(reason);
+        overloaded(message, self.shedder.retry_after_secs)
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
-        // Unreachable: request_filter answers every request.
-        Err(Error::explain(
-            ErrorType::InternalError,
-            "lynkr answers in request_filter",
-        ))
-    }
-
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    /// Metrics and the access log line of a finished request.
+    pub fn log(&self, session: &ServerSession, ctx: &RequestCtx) {
         let req = session.req_header();
         let duration = ctx.started.elapsed();
         let target = ctx.target.as_ref();
@@ -370,8 +259,128 @@ impl ProxyHttp for Gateway {
             first_byte_ms = ctx.first_byte_ms,
             duration_ms = duration.as_millis() as u64,
             cost,
-            error = ctx.error.as_deref().or(e.map(|_| "connection error")).unwrap_or(""),
+            error = ctx.error.as_deref().unwrap_or(""),
             "request"
         );
+    }
+}
+
+fn overloaded(message: &str, retry_after_secs: u64) -> ApiError {
+    let mut e = ApiError::new(ErrorKind::OverloadedError, message);
+    e.retry_after = Some(retry_after_secs);
+    e
+}
+
+/// Health, metrics and the root answer even under overload.
+fn is_ops_path(path: &str) -> bool {
+    path == "/" || path.starts_with("/health/") || path.starts_with("/metrics")
+}
+
+/// A caller's request id (bounded, printable), or a new one.
+fn request_id(session: &ServerSession) -> String {
+    session
+        .req_header()
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req_{:016x}", crate::util::unique_id()))
+}
+
+/// The rate-limit key: the client's API key (hashed, never kept), else its address.
+fn client_key(session: &ServerSession) -> String {
+    let h = &session.req_header().headers;
+    match h.get("x-api-key").or_else(|| h.get("authorization")) {
+        Some(k) => format!("key:{:016x}", crate::util::fnv1a(k.to_str().unwrap_or(""))),
+        None => format!(
+            "addr:{}",
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet().map(|i| i.ip().to_string()))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// What one request did, for the access log.
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    pub status: u16,
+    /// Targets tried (1 unless the route fell back).
+    pub attempts: u32,
+    /// The pool endpoint (`host:port#index`) of the last attempt, if pooled.
+    pub endpoint: Option<String>,
+    /// Where the last attempt went, once the request was routed.
+    pub target: Option<Routed>,
+    /// Anthropic error type of an error answer.
+    pub error_type: Option<&'static str>,
+    /// Why the request was refused before reaching a provider (for metrics).
+    pub rejected_reason: Option<&'static str>,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub first_byte_ms: Option<u64>,
+    pub error: Option<String>,
+    /// Held for the request's life: its in-flight slots and body bytes.
+    pub in_flight: Option<InFlight>,
+    pub key_in_flight: Option<pingora_limits::inflight::Guard>,
+    pub body_bytes: Option<Reservation>,
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        RequestCtx {
+            request_id: String::new(),
+            started: Instant::now(),
+            status: 0,
+            attempts: 0,
+            endpoint: None,
+            target: None,
+            error_type: None,
+            rejected_reason: None,
+            model: None,
+            stream: false,
+            input_tokens: 0,
+            output_tokens: 0,
+            first_byte_ms: None,
+            error: None,
+            in_flight: None,
+            key_in_flight: None,
+            body_bytes: None,
+        }
+    }
+}
+
+/// The route, provider and upstream model an attempt went to.
+pub struct Routed {
+    pub route: String,
+    pub provider: String,
+    pub model: String,
+    pub pricing: Option<crate::config::PricingConfig>,
+}
+
+impl Routed {
+    /// `route/provider/model`: the `x-lynkr-route` header and the log's `route`.
+    pub fn label(&self) -> String {
+        format!("{}/{}/{}", self.route, self.provider, self.model)
+    }
+}
+
+impl RequestCtx {
+    /// Note the target an attempt goes to (`x-lynkr-route`, log, metrics).
+    pub fn routed(&mut self, route: &str, provider: &Provider, model: &str) {
+        self.target = Some(Routed {
+            route: route.to_string(),
+            provider: provider.name.clone(),
+            model: model.to_string(),
+            pricing: provider.pricing,
+        });
+    }
+
+    pub fn route_label(&self) -> Option<String> {
+        self.target.as_ref().map(Routed::label)
     }
 }

@@ -1,16 +1,14 @@
 //! Small endpoints: `/`, health, `/v1/models`, `/v1/messages/count_tokens`.
 
-use super::messages::read_body;
-use super::{respond, Gateway, RequestCtx};
-use crate::protocol::anthropic::{ContentBlock, CountTokensRequest, TextOrBlocks, ToolResultBlock};
+use super::{body, respond, Gateway, RequestCtx};
 use crate::protocol::error::ApiError;
 use crate::protocol::validate::parse_count_tokens_request;
 use crate::providers::anthropic;
 use crate::resilience::breaker::State;
 use crate::routing::Features;
-use pingora_proxy::Session;
+use crate::upstream::Outgoing;
+use pingora_core::protocols::http::ServerSession as Session;
 use serde_json::json;
-use std::sync::atomic::Ordering;
 
 pub async fn root(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
     let body = json!({"name": "lynkr", "version": env!("CARGO_PKG_VERSION"), "status": "ok"});
@@ -32,7 +30,7 @@ pub async fn ready(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<(), ApiError> {
-    let shutting_down = gw.shutting_down.load(Ordering::Relaxed);
+    let shutting_down = gw.drain.shutting_down();
     let (mut available, mut unavailable) = (Vec::new(), Vec::new());
     for (name, breaker) in &gw.breakers {
         let open = breaker.snapshot().state == State::Open;
@@ -177,18 +175,20 @@ pub async fn models(
 }
 
 /// Forwarded to the routed provider when it counts tokens itself
-/// (Anthropic kind with `count_tokens: true`), else estimated here.
+/// (Anthropic kind with `count_tokens: true`), else estimated here with
+/// the gateway's one estimator (`protocol::estimate`).
 pub async fn count_tokens(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<(), ApiError> {
-    let body = read_body(session, gw.limits.max_body_bytes).await?;
+    let body = body::read(gw, session, ctx).await?;
     let req = parse_count_tokens_request(&body)?;
     ctx.model = Some(req.model.clone());
+    let estimate = req.estimated_input_tokens();
     let headers = session.req_header().headers.clone();
     let tools = req.tools.as_ref().map_or(0, Vec::len);
-    let features = Features::basic(&req.model, tools, body.len(), &headers);
+    let features = Features::basic(&req.model, tools, estimate, &headers);
     let target = gw.router.decide(&features).and_then(|d| {
         let route = d.route;
         d.targets.into_iter().next().map(|t| (route, t))
@@ -204,90 +204,43 @@ pub async fn count_tokens(
         if let Some(endpoint) = &provider.count_tokens_endpoint {
             let model = target.model_for(&req.model);
             ctx.routed(&route, provider, model);
-            let upstream_body = anthropic::rewrite_body(&body, model, None)?;
-            let fwd = anthropic::forward_headers(&headers, &provider.anthropic_version);
+            let mut fwd: Vec<(&'static str, String)> = provider.auth.iter().cloned().collect();
+            fwd.extend(anthropic::forward_headers(
+                &headers,
+                &provider.anthropic_version,
+            ));
+            let out = Outgoing {
+                endpoint,
+                ca: provider.ca.as_ref(),
+                headers: &fwd,
+                extra_headers: &provider.extra_headers,
+                body: anthropic::rewrite_body(&body, model, None)?,
+                stream: false,
+                request_id: &ctx.request_id,
+            };
+            let redact = |mut e: ApiError| {
+                e.message = gw.redactor.redact(&e.message).into_owned();
+                e
+            };
             let mut ex = gw
                 .upstream
-                .send(
-                    provider,
-                    endpoint,
-                    &fwd,
-                    upstream_body,
-                    false,
-                    &ctx.request_id,
-                )
-                .await?;
+                .send(&out, &provider.name)
+                .await
+                .map_err(redact)?;
             if !(200..300).contains(&ex.status) {
                 let (err, ex) = ex.into_error(&provider.name).await;
                 gw.upstream.finish(ex).await;
-                return Err(err);
+                return Err(redact(err));
             }
             let reply = ex
                 .read_all(&provider.name, gw.limits.max_response_bytes)
                 .await;
             gw.upstream.finish(ex).await;
-            respond::json(session, ctx, 200, reply?).await;
+            respond::json(session, ctx, 200, reply.map_err(redact)?).await;
             return Ok(());
         }
     }
-    let body = json!({"input_tokens": estimate_tokens(&req)});
+    let body = json!({"input_tokens": estimate});
     respond::json(session, ctx, 200, body.to_string().into_bytes()).await;
     Ok(())
-}
-
-/// Tokens per image in the estimate (Anthropic's ~1600 for a large image).
-pub const IMAGE_TOKENS: u64 = 1600;
-/// Framing tokens per message in the estimate.
-pub const MESSAGE_OVERHEAD_TOKENS: u64 = 4;
-
-/// A documented estimate, not a tokenizer: one token per four bytes of text
-/// (system, messages, tool calls and results, tool definitions), plus
-/// `MESSAGE_OVERHEAD_TOKENS` per message and `IMAGE_TOKENS` per image.
-pub fn estimate_tokens(req: &CountTokensRequest) -> u64 {
-    let mut bytes = 0usize;
-    let mut extra = 0u64;
-    match &req.system {
-        Some(TextOrBlocks::Text(t)) => bytes += t.len(),
-        Some(TextOrBlocks::Blocks(b)) => bytes += b.iter().map(|t| t.text.len()).sum::<usize>(),
-        None => {}
-    }
-    for m in &req.messages {
-        extra += MESSAGE_OVERHEAD_TOKENS;
-        match &m.content {
-            TextOrBlocks::Text(t) => bytes += t.len(),
-            TextOrBlocks::Blocks(blocks) => {
-                for b in blocks {
-                    match b {
-                        ContentBlock::Text { text } => bytes += text.len(),
-                        ContentBlock::Thinking { thinking, .. } => bytes += thinking.len(),
-                        ContentBlock::ToolUse { name, input, .. } => {
-                            bytes += name.len() + input.to_string().len()
-                        }
-                        ContentBlock::ToolResult { content, .. } => match content {
-                            Some(TextOrBlocks::Text(t)) => bytes += t.len(),
-                            Some(TextOrBlocks::Blocks(rb)) => {
-                                for r in rb {
-                                    match r {
-                                        ToolResultBlock::Text { text } => bytes += text.len(),
-                                        _ => extra += IMAGE_TOKENS,
-                                    }
-                                }
-                            }
-                            None => {}
-                        },
-                        ContentBlock::Image { .. } | ContentBlock::Document { .. } => {
-                            extra += IMAGE_TOKENS
-                        }
-                        ContentBlock::RedactedThinking { data } => bytes += data.len(),
-                    }
-                }
-            }
-        }
-    }
-    for t in req.tools.iter().flatten() {
-        bytes += t.name.len()
-            + t.description.as_ref().map_or(0, |d| d.get().len())
-            + t.input_schema.as_ref().map_or(0, |s| s.get().len());
-    }
-    (bytes as u64).div_ceil(4) + extra
 }

@@ -1,15 +1,15 @@
-//! Writing whole responses to the client.
+//! Writing responses to the client.
 
 use super::RequestCtx;
 use crate::protocol::error::ApiError;
 use bytes::Bytes;
+use pingora_core::protocols::http::ServerSession;
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 
 /// A complete response with a body. A client that is gone is not an error
 /// worth more than the access log's status.
 pub async fn send(
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &mut RequestCtx,
     status: u16,
     content_type: &str,
@@ -18,27 +18,46 @@ pub async fn send(
 ) {
     ctx.status = status;
     let head = || -> pingora_error::Result<ResponseHeader> {
-        let mut h = ResponseHeader::build(status, Some(4))?;
+        let mut h = ResponseHeader::build(status, Some(5))?;
         h.insert_header("content-type", content_type)?;
         h.insert_header("content-length", body.len().to_string())?;
         common_headers(&mut h, ctx)?;
         if let Some(secs) = retry_after {
             h.insert_header("retry-after", secs.to_string())?;
         }
+        // Errors retrying cannot fix say so: the Anthropic SDK and Claude
+        // Code otherwise retry 408, 409, 429 and every 5xx.
+        if matches!(status, 400 | 401 | 403 | 404 | 413) {
+            h.insert_header("x-should-retry", "false")?;
+        }
         Ok(h)
     };
     let Ok(header) = head() else { return };
     let is_head = session.req_header().method == http::Method::HEAD;
     if session
-        .write_response_header(Box::new(header), is_head)
+        .write_response_header(Box::new(header))
         .await
         .is_err()
     {
         return;
     }
-    if !is_head {
-        let _ = session.write_response_body(Some(body), true).await;
-    }
+    let body = if is_head { Bytes::new() } else { body };
+    let _ = session.write_response_body(body, true).await;
+}
+
+/// The header of an event stream: chunked, so the connection stays open
+/// for the client's next request (Claude Code sends dozens per task).
+pub async fn sse_header(
+    session: &mut ServerSession,
+    ctx: &mut RequestCtx,
+) -> pingora_error::Result<()> {
+    let mut h = ResponseHeader::build(200, Some(5))?;
+    h.insert_header("content-type", "text/event-stream")?;
+    h.insert_header("cache-control", "no-cache")?;
+    h.insert_header("transfer-encoding", "chunked")?;
+    common_headers(&mut h, ctx)?;
+    ctx.status = 200;
+    session.write_response_header(Box::new(h)).await
 }
 
 /// `x-request-id` on every response; `x-lynkr-route` (route/provider/model)
@@ -51,7 +70,7 @@ pub fn common_headers(h: &mut ResponseHeader, ctx: &RequestCtx) -> pingora_error
     Ok(())
 }
 
-pub async fn json(session: &mut Session, ctx: &mut RequestCtx, status: u16, body: Vec<u8>) {
+pub async fn json(session: &mut ServerSession, ctx: &mut RequestCtx, status: u16, body: Vec<u8>) {
     send(
         session,
         ctx,
@@ -64,7 +83,7 @@ pub async fn json(session: &mut Session, ctx: &mut RequestCtx, status: u16, body
 }
 
 /// An Anthropic-shaped error response.
-pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) {
+pub async fn error(session: &mut ServerSession, ctx: &mut RequestCtx, err: &ApiError) {
     ctx.error = Some(err.message.clone());
     ctx.error_type = Some(err.kind.as_str());
     if session.response_written().is_some() {

@@ -39,6 +39,16 @@ impl MessagesRequest {
     pub fn is_stream(&self) -> bool {
         self.stream.unwrap_or(false)
     }
+
+    /// The gateway's token estimate (see `protocol::estimate`); compute it
+    /// once per request and pass the figure on.
+    pub fn estimated_input_tokens(&self) -> u64 {
+        super::estimate::input_tokens(
+            self.system.as_ref(),
+            &self.messages,
+            self.tools.as_deref().unwrap_or_default(),
+        )
+    }
 }
 
 /// `count_tokens` takes the same input as a message request, minus `max_tokens`.
@@ -50,6 +60,16 @@ pub struct CountTokensRequest {
     pub system: Option<SystemPrompt>,
     #[serde(default)]
     pub tools: Option<Vec<Tool>>,
+}
+
+impl CountTokensRequest {
+    pub fn estimated_input_tokens(&self) -> u64 {
+        super::estimate::input_tokens(
+            self.system.as_ref(),
+            &self.messages,
+            self.tools.as_deref().unwrap_or_default(),
+        )
+    }
 }
 
 /// A field that is either a plain string or a list of blocks (`system`,
@@ -123,6 +143,10 @@ pub struct Message {
     pub content: Content,
 }
 
+/// A content block of a message. Anthropic adds block types every few
+/// months: a type this build does not know parses as `Unknown` (the
+/// passthrough forwards it byte for byte; translating providers leave it
+/// out), so a valid request is never refused for it.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentBlock {
@@ -159,22 +183,126 @@ pub enum ContentBlock {
     RedactedThinking {
         data: String,
     },
+    /// A search result the client supplies (RAG with citations).
+    SearchResult(SearchResult),
+    /// A call of one of Anthropic's server tools (web search, web fetch,
+    /// code execution) that Anthropic ran during an earlier turn.
+    ServerToolUse {
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        input: serde_json::Value,
+    },
+    /// A call of a tool on a remote MCP server (Anthropic's MCP connector).
+    McpToolUse {
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        server_name: Option<String>,
+        #[serde(default)]
+        input: serde_json::Value,
+    },
+    McpToolResult {
+        #[serde(default)]
+        content: serde_json::Value,
+        #[serde(default)]
+        is_error: Option<bool>,
+    },
+    WebSearchToolResult {
+        #[serde(default)]
+        content: serde_json::Value,
+    },
+    WebFetchToolResult {
+        #[serde(default)]
+        content: serde_json::Value,
+    },
+    CodeExecutionToolResult {
+        #[serde(default)]
+        content: serde_json::Value,
+    },
+    BashCodeExecutionToolResult {
+        #[serde(default)]
+        content: serde_json::Value,
+    },
+    TextEditorCodeExecutionToolResult {
+        #[serde(default)]
+        content: serde_json::Value,
+    },
+    /// A file put into Anthropic's code-execution container (by file id).
+    ContainerUpload {
+        #[serde(default)]
+        file_id: String,
+    },
+    /// A summary that replaced earlier turns (context compaction).
+    Compaction {
+        #[serde(default)]
+        content: Option<String>,
+    },
+    /// Any block type this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SearchResult {
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub content: Vec<LooseText>,
+}
+
+/// A text block inside another block: its text if it is one, else nothing.
+#[derive(Debug, Deserialize)]
+pub struct LooseText {
+    #[serde(default)]
+    pub text: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum MediaSource {
-    Base64 { media_type: String, data: String },
-    Url { url: String },
-    Text { media_type: String, data: String },
+    Base64 {
+        media_type: String,
+        data: String,
+    },
+    Url {
+        url: String,
+    },
+    Text {
+        media_type: String,
+        data: String,
+    },
+    /// A file uploaded to Anthropic's Files API: only Anthropic can read it.
+    File {
+        #[serde(default)]
+        file_id: String,
+    },
+    /// A document given as content blocks (a string or text/image blocks).
+    Content {
+        #[serde(default)]
+        content: serde_json::Value,
+    },
+    #[serde(other)]
+    Unknown,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToolResultBlock {
-    Text { text: String },
-    Image { source: MediaSource },
-    Document { source: MediaSource },
+    Text {
+        text: String,
+    },
+    Image {
+        source: MediaSource,
+    },
+    Document {
+        source: MediaSource,
+    },
+    SearchResult(SearchResult),
+    #[serde(other)]
+    Unknown,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +311,9 @@ pub struct Tool {
     /// `web_search_20250305` carry a versioned type and no schema.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
+    /// Required of client tools (checked in validation); some server tool
+    /// entries (`mcp_toolset`) have none.
+    #[serde(default)]
     pub name: String,
     /// Kept as the raw JSON string token: tool descriptions are most of a
     /// Claude Code request (47 of 76 KB) and pass through untouched.
@@ -238,9 +369,21 @@ impl ToolChoice {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Thinking {
-    Enabled { budget_tokens: u64 },
+    Enabled {
+        budget_tokens: u64,
+    },
     Adaptive,
     Disabled,
+    /// A newer mode (`between_tools`, ...): thinking on, budget left to the model.
+    #[serde(other)]
+    Other,
+}
+
+impl Thinking {
+    /// Whether the request asks for thinking at all.
+    pub fn is_on(&self) -> bool {
+        !matches!(self, Thinking::Disabled)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,7 +403,12 @@ pub struct OutputConfig {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutputFormat {
-    JsonSchema { schema: serde_json::Value },
+    JsonSchema {
+        schema: serde_json::Value,
+    },
+    /// A format this build does not know: not forwarded to translated providers.
+    #[serde(other)]
+    Unknown,
 }
 
 // ---- responses -------------------------------------------------------------

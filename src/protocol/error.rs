@@ -44,6 +44,22 @@ impl ErrorKind {
     }
 }
 
+/// Who an error came from. Retries, fallback and circuit breakers decide on
+/// this, never on the status the client will see (a provider's 503 reaches
+/// the client as 529, its 422 as 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Lynkr itself: the client's request, a limit, a configuration.
+    Gateway,
+    /// The exchange with the provider failed: connect, timeout, a broken or
+    /// malformed response. Always worth another try elsewhere.
+    Transport,
+    /// The provider answered with this status, over HTTP or inside a stream
+    /// before its first byte reached the client (an OpenAI `error` chunk, a
+    /// Bedrock exception, an Anthropic `event: error`).
+    Provider(u16),
+}
+
 /// An error answered to the client. `status` usually follows `kind`, but an
 /// upstream 502/503/504 keeps its own status so clients see what happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +69,7 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, passed on as `Retry-After`.
     pub retry_after: Option<u64>,
+    pub origin: Origin,
 }
 
 impl ApiError {
@@ -62,7 +79,16 @@ impl ApiError {
             status: kind.status(),
             message: message.into(),
             retry_after: None,
+            origin: Origin::Gateway,
         }
+    }
+
+    /// The provider's answer could not be used (malformed, truncated,
+    /// oversized): a 502 that is worth trying elsewhere.
+    pub fn bad_upstream(message: impl Into<String>) -> Self {
+        let mut e = Self::api(message).with_status(502);
+        e.origin = Origin::Transport;
+        e
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -97,7 +123,7 @@ impl ApiError {
             500..=599 => ErrorKind::ApiError,
             _ => ErrorKind::InvalidRequestError,
         };
-        let status = match status {
+        let client_status = match status {
             422 => 400,
             503 | 529 => 529,
             s @ 500..=599 => s,
@@ -106,10 +132,30 @@ impl ApiError {
         };
         ApiError {
             kind,
-            status,
+            status: client_status,
             message,
             retry_after: None,
+            origin: Origin::Provider(status),
         }
+    }
+
+    /// The error an Anthropic-shaped error type stands for, as if the
+    /// provider had answered with its HTTP status (`overloaded_error` is
+    /// 529, `rate_limit_error` 429, ...): for `event: error` in a stream.
+    pub fn from_upstream_type(error_type: &str, message: String) -> Self {
+        let status = match error_type {
+            "invalid_request_error" => 400,
+            "authentication_error" => 401,
+            "billing_error" => 402,
+            "permission_error" => 403,
+            "not_found_error" => 404,
+            "request_too_large" => 413,
+            "rate_limit_error" => 429,
+            "overloaded_error" => 529,
+            "timeout_error" => 504,
+            _ => 500,
+        };
+        Self::from_upstream_status(status, message)
     }
 
     /// The JSON body of an error response.
@@ -136,6 +182,32 @@ impl std::fmt::Display for ApiError {
             self.kind.as_str(),
             self.message
         )
+    }
+}
+
+/// The message text of an upstream error body: `{"error":{"message"}}`
+/// (OpenAI, Anthropic), a bare `{"error":"..."}` (Ollama) or
+/// `{"message":"..."}` (Bedrock), `{"detail":"..."}`, or the raw text.
+pub fn upstream_error_message(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let candidates = [
+            v.pointer("/error/message"),
+            v.get("error"),
+            v.get("message"),
+            v.get("detail"),
+        ];
+        for c in candidates.into_iter().flatten() {
+            if let Some(s) = c.as_str() {
+                return s.to_string();
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        "upstream returned an error without a body".into()
+    } else {
+        text.chars().take(4096).collect()
     }
 }
 

@@ -3,6 +3,11 @@
 //! `content_block_stop`) with their indexes, then `message_delta` and
 //! `message_stop`. Anthropic allows one open block at a time, so opening a
 //! block closes the one before it.
+//!
+//! Two details Anthropic clients check: `message_start` carries an
+//! `input_tokens` figure (the gateway's estimate; the provider's own count
+//! follows in `message_delta`), and a `thinking` block always gets a
+//! `signature_delta` before it stops (empty when the provider gives none).
 
 use super::anthropic::{StopReason, Usage};
 use super::sse::write_event;
@@ -35,8 +40,11 @@ impl BlockKey {
 #[derive(Debug)]
 pub struct EventWriter {
     model: String,
+    input_estimate: u64,
     started: bool,
     open: Option<BlockKey>,
+    /// Whether the open thinking block got its `signature_delta`.
+    signed: bool,
     next_index: usize,
     finished: bool,
 }
@@ -46,11 +54,18 @@ impl EventWriter {
     pub fn new(model: impl Into<String>) -> Self {
         EventWriter {
             model: model.into(),
+            input_estimate: 0,
             started: false,
             open: None,
+            signed: false,
             next_index: 0,
             finished: false,
         }
+    }
+
+    /// The `input_tokens` that `message_start` reports.
+    pub fn set_input_estimate(&mut self, tokens: u64) {
+        self.input_estimate = tokens;
     }
 
     pub fn finished(&self) -> bool {
@@ -73,7 +88,7 @@ impl EventWriter {
             &json!({"type": "message_start", "message": {
                 "id": id, "type": "message", "role": "assistant", "model": self.model,
                 "content": [], "stop_reason": null, "stop_sequence": null,
-                "usage": {"input_tokens": 0, "output_tokens": 0},
+                "usage": {"input_tokens": self.input_estimate, "output_tokens": 0},
             }}),
         );
     }
@@ -92,6 +107,7 @@ impl EventWriter {
             "index": self.next_index, "content_block": block()}),
         );
         self.open = Some(key);
+        self.signed = false;
     }
 
     /// A delta for the open block (none open: nothing to add it to).
@@ -106,8 +122,22 @@ impl EventWriter {
         }
     }
 
+    /// The signature of the open thinking block.
+    pub fn signature(&mut self, signature: &str, out: &mut BytesMut) {
+        if self.open.is_some_and(|k| k.kind == BlockKind::Thinking) {
+            self.delta(
+                json!({"type": "signature_delta", "signature": signature}),
+                out,
+            );
+            self.signed = true;
+        }
+    }
+
     /// Close the open block, returning which it was.
     pub fn close(&mut self, out: &mut BytesMut) -> Option<BlockKey> {
+        if self.open.is_some_and(|k| k.kind == BlockKind::Thinking) && !self.signed {
+            self.signature("", out);
+        }
         let key = self.open.take()?;
         write_event(
             out,
@@ -155,9 +185,4 @@ pub fn thinking_delta(thinking: &str) -> Value {
 
 pub fn input_json_delta(partial: &str) -> Value {
     json!({"type": "input_json_delta", "partial_json": partial})
-}
-
-/// A fresh message id for providers that give none.
-pub fn new_message_id() -> String {
-    format!("msg_lynkr_{:016x}", crate::util::unique_id())
 }

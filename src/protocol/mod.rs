@@ -2,6 +2,8 @@
 
 pub mod anthropic;
 pub mod error;
+pub mod estimate;
 pub mod events;
+pub mod readable;
 pub mod sse;
 pub mod validate;

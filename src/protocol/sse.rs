@@ -14,15 +14,20 @@ pub struct SseEvent {
 /// Incremental SSE parser: feed it bytes as they arrive, get whole events out.
 /// Handles `\n`, `\r\n` and `\r` line ends, comments, and events split at any
 /// byte boundary (including inside a UTF-8 sequence).
+///
+/// Linear in the input however it is chunked: each byte is scanned once
+/// (the scan resumes where the last one stopped), lines are read in place,
+/// and consumed bytes are dropped in bulk.
 #[derive(Debug, Default)]
 pub struct SseParser {
     buf: Vec<u8>,
+    /// Bytes of `buf` already consumed (complete lines).
+    pos: usize,
+    /// Bytes of `buf` already scanned for a line end.
+    scanned: usize,
     event: Option<String>,
     data: String,
     has_data: bool,
-    /// Bytes of the event being assembled; bounded so a server that never ends
-    /// a line cannot grow memory without limit.
-    pending: usize,
 }
 
 /// A single SSE event larger than this is a protocol error.
@@ -39,31 +44,38 @@ impl SseParser {
     /// Parse `chunk`, appending complete events to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseTooLarge> {
         self.buf.extend_from_slice(chunk);
-        let mut start = 0;
-        let mut i = 0;
-        while i < self.buf.len() {
-            let b = self.buf[i];
-            if b == b'\n' || b == b'\r' {
-                let line_end = i;
-                // A `\r\n` pair is one line end; a lone `\r` at the buffer's end
-                // may be followed by `\n` in the next chunk, so wait for it.
-                if b == b'\r' {
-                    if i + 1 == self.buf.len() {
-                        break;
-                    }
-                    if self.buf[i + 1] == b'\n' {
-                        i += 1;
-                    }
+        // The lines are read from `buf` in place; it is put back below.
+        let buf = std::mem::take(&mut self.buf);
+        let mut i = self.scanned;
+        while let Some(off) = buf[i..].iter().position(|&b| b == b'\n' || b == b'\r') {
+            let end = i + off;
+            let mut next = end + 1;
+            // A `\r\n` pair is one line end; a lone `\r` at the buffer's end
+            // may be followed by `\n` in the next chunk, so wait for it.
+            if buf[end] == b'\r' {
+                match buf.get(end + 1) {
+                    None => break,
+                    Some(b'\n') => next += 1,
+                    Some(_) => {}
                 }
-                let line = self.buf[start..line_end].to_vec();
-                self.line(&line, out);
-                start = i + 1;
             }
-            i += 1;
+            self.line(&buf[self.pos..end], out);
+            self.pos = next;
+            i = next;
         }
-        self.buf.drain(..start);
-        self.pending = self.buf.len() + self.data.len();
-        if self.pending > MAX_EVENT_BYTES {
+        self.buf = buf;
+        // Everything up to a pending `\r` (or the end) has been scanned.
+        self.scanned = self.buf.len().max(self.pos);
+        if self.buf.last() == Some(&b'\r') && self.scanned > self.pos {
+            self.scanned -= 1;
+        }
+        // Drop consumed bytes once they are most of the buffer.
+        if self.pos > 0 && self.pos * 2 >= self.buf.len() {
+            self.buf.drain(..self.pos);
+            self.scanned -= self.pos;
+            self.pos = 0;
+        }
+        if self.buf.len() - self.pos + self.data.len() > MAX_EVENT_BYTES {
             return Err(SseTooLarge);
         }
         Ok(())
@@ -71,7 +83,7 @@ impl SseParser {
 
     /// True when bytes of an unfinished event are still buffered.
     pub fn has_partial(&self) -> bool {
-        !self.buf.iter().all(|b| b.is_ascii_whitespace()) || self.has_data
+        !self.buf[self.pos..].iter().all(|b| b.is_ascii_whitespace()) || self.has_data
     }
 
     fn line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
@@ -97,16 +109,15 @@ impl SseParser {
             }
             None => (line, &b""[..]),
         };
-        let value = String::from_utf8_lossy(value);
         match field {
             b"data" => {
                 if self.has_data {
                     self.data.push('\n');
                 }
-                self.data.push_str(&value);
+                self.data.push_str(&String::from_utf8_lossy(value));
                 self.has_data = true;
             }
-            b"event" => self.event = Some(value.into_owned()),
+            b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
             _ => {}
         }
     }
@@ -144,6 +155,9 @@ pub fn message_events(msg: &MessageResponse) -> BytesMut {
         };
         ev.open(BlockKey::new(kind, i as u64), || empty, &mut out);
         ev.delta(delta, &mut out);
+        if let ResponseBlock::Thinking { signature, .. } = block {
+            ev.signature(signature, &mut out);
+        }
         ev.close(&mut out);
     }
     ev.finish(

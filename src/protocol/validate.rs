@@ -9,9 +9,7 @@ use serde::de::DeserializeOwned;
 /// Parse a `POST /v1/messages` body and check what serde cannot.
 pub fn parse_messages_request(body: &[u8]) -> Result<MessagesRequest, ApiError> {
     let req: MessagesRequest = parse_json(body)?;
-    if req.model.trim().is_empty() {
-        return Err(ApiError::invalid("model: must not be empty"));
-    }
+    check_model(&req.model)?;
     if req.max_tokens == 0 {
         return Err(ApiError::invalid("max_tokens: must be at least 1"));
     }
@@ -33,9 +31,28 @@ pub fn parse_messages_request(body: &[u8]) -> Result<MessagesRequest, ApiError> 
 /// Parse a `POST /v1/messages/count_tokens` body.
 pub fn parse_count_tokens_request(body: &[u8]) -> Result<CountTokensRequest, ApiError> {
     let req: CountTokensRequest = parse_json(body)?;
+    check_model(&req.model)?;
     check_messages(&req.messages)?;
     check_tools(req.tools.as_deref())?;
     Ok(req)
+}
+
+/// Longest model name accepted.
+pub const MAX_MODEL_LEN: usize = 256;
+
+/// A model name travels in headers (`x-lynkr-route`), in a Bedrock URL
+/// path, in log lines and metric labels: it must be a header-safe token.
+/// A CR, LF or NUL in it could split a header or a log line.
+fn check_model(model: &str) -> Result<(), ApiError> {
+    if model.is_empty() {
+        return Err(ApiError::invalid("model: must not be empty"));
+    }
+    if model.len() > MAX_MODEL_LEN || !model.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid(format!(
+            "model: must be at most {MAX_MODEL_LEN} visible ASCII characters (no spaces or control characters)"
+        )));
+    }
+    Ok(())
 }
 
 fn check_messages(messages: &[super::anthropic::Message]) -> Result<(), ApiError> {
@@ -49,6 +66,7 @@ fn check_messages(messages: &[super::anthropic::Message]) -> Result<(), ApiError
             continue;
         };
         for (j, b) in blocks.iter().enumerate() {
+            // The placements Anthropic refuses; newer blocks go anywhere.
             let allowed = match b {
                 ContentBlock::ToolUse { .. }
                 | ContentBlock::Thinking { .. }
@@ -56,7 +74,7 @@ fn check_messages(messages: &[super::anthropic::Message]) -> Result<(), ApiError
                 ContentBlock::ToolResult { .. }
                 | ContentBlock::Image { .. }
                 | ContentBlock::Document { .. } => m.role == Role::User,
-                ContentBlock::Text { .. } => true,
+                _ => true,
             };
             if !allowed {
                 return Err(ApiError::invalid(format!(
@@ -89,7 +107,7 @@ fn check_tools(tools: Option<&[super::anthropic::Tool]>) -> Result<(), ApiError>
                 "tools.{i}.input_schema: must be an object"
             )));
         }
-        if t.name.is_empty() {
+        if t.is_client_tool() && t.name.is_empty() {
             return Err(ApiError::invalid(format!(
                 "tools.{i}.name: must not be empty"
             )));
@@ -100,13 +118,13 @@ fn check_tools(tools: Option<&[super::anthropic::Tool]>) -> Result<(), ApiError>
 
 fn block_name(b: &ContentBlock) -> &'static str {
     match b {
-        ContentBlock::Text { .. } => "text",
         ContentBlock::Image { .. } => "image",
         ContentBlock::Document { .. } => "document",
         ContentBlock::ToolUse { .. } => "tool_use",
         ContentBlock::ToolResult { .. } => "tool_result",
         ContentBlock::Thinking { .. } => "thinking",
         ContentBlock::RedactedThinking { .. } => "redacted_thinking",
+        _ => "content",
     }
 }
 
@@ -177,13 +195,16 @@ mod tests {
             r#"{"model":"m","max_tokens":5,"messages":[{"role":"robot","content":"hi"}]}"#
         )
         .starts_with("messages.0.role: unknown variant `robot`"));
+        // A block type this build does not know is accepted (forward
+        // compatible), but a known one must still be well formed.
+        assert!(parse_messages_request(
+            br#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"video_2031","frames":[]}]}]}"#
+        )
+        .is_ok());
         let e = err(
-            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"video"}]}]}"#,
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":5}]}]}"#,
         );
-        assert!(
-            e.starts_with("messages.0.content.1.type: unknown variant `video`"),
-            "{e}"
-        );
+        assert!(e.starts_with("messages.0.content.0: invalid type"), "{e}");
         let e = err(
             r#"{"model":"m","max_tokens":5,"messages":[{"role":"assistant","content":[{"type":"tool_use","name":"x","input":{}}]}]}"#,
         );
@@ -203,6 +224,41 @@ mod tests {
             e.starts_with("messages.0.content.0.type: a tool_use block"),
             "{e}"
         );
+    }
+
+    /// Regression: `pass-x\r\nX-Injected: 1` reached a passthrough upstream
+    /// (which billed it) and broke the response headers.
+    #[test]
+    fn model_names_are_header_safe_tokens() {
+        for bad in [
+            r"pass-x\r\nX-Injected: 1",
+            r"a\u0000b",
+            "two words",
+            r"caf\u00e9",
+            r"\t",
+        ] {
+            let body = format!(
+                r#"{{"model":"{bad}","max_tokens":5,"messages":[{{"role":"user","content":"x"}}]}}"#
+            );
+            let e = err(&body);
+            assert!(e.starts_with("model: must be"), "{bad:?}: {e}");
+        }
+        let long = "m".repeat(MAX_MODEL_LEN + 1);
+        assert!(err(&format!(
+            r#"{{"model":"{long}","max_tokens":5,"messages":[{{"role":"user","content":"x"}}]}}"#
+        ))
+        .starts_with("model:"));
+        for good in [
+            "claude-sonnet-4-5",
+            "arn:aws:bedrock:us-east-1:1:inference-profile/us.anthropic.x-v2:0",
+            "qwen2.5-coder:7b",
+            "a/b@c",
+        ] {
+            let body = format!(
+                r#"{{"model":"{good}","max_tokens":5,"messages":[{{"role":"user","content":"x"}}]}}"#
+            );
+            assert!(parse_messages_request(body.as_bytes()).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -1,21 +1,29 @@
 //! Providers: where a request goes and how it is spoken there.
 //! One folder per wire format; this file holds what all of them share:
-//! the resolved endpoint, the credentials, the capabilities, and the
-//! dispatch from a provider's kind to its translation.
+//! the resolved endpoint, the credentials, the capabilities, and the one
+//! interface the gateway uses: [`Provider::prepare`] builds the upstream
+//! request, [`Provider::decoder`] turns the answer (JSON or a stream) into
+//! what the client asked for.
 
 pub mod anthropic;
 pub mod bedrock;
+mod decode;
 pub mod ollama;
 pub mod openai;
 pub mod pool;
+pub mod thinking;
+
+pub use crate::upstream::Endpoint;
+pub use decode::{Decoder, DecoderOptions, Progress};
 
 use crate::config::{AuthHeader, Preset, ProviderConfig, ProviderKind};
-use crate::protocol::anthropic::{MessagesRequest, Usage};
+use crate::protocol::anthropic::MessagesRequest;
 use crate::protocol::error::ApiError;
-use bytes::{Bytes, BytesMut};
+use crate::upstream::Outgoing;
+use bytes::Bytes;
 use openai::OpenAiOptions;
 use pingora_core::protocols::tls::CaType;
-use pingora_core::utils::tls::{parse_x509, WrappedX509};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// A provider ready to serve: URL split for the connector, credentials
@@ -96,45 +104,6 @@ impl std::fmt::Debug for Provider {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path and query of the request line.
-    pub path: String,
-}
-
-impl Endpoint {
-    /// The value of the `Host` header.
-    pub fn authority(&self) -> String {
-        let default_port = if self.tls { 443 } else { 80 };
-        if self.port == default_port {
-            self.host.clone()
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    fn from_url(url: &url::Url) -> Result<Endpoint, String> {
-        let host = url.host_str().ok_or("URL has no host")?;
-        let mut path = url.path().to_string();
-        if let Some(q) = url.query() {
-            path.push('?');
-            path.push_str(q);
-        }
-        Ok(Endpoint {
-            tls: url.scheme() == "https",
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            port: url.port_or_known_default().ok_or("URL has no port")?,
-            path,
-        })
-    }
-}
-
 impl Provider {
     /// Build from a validated config; `env` reads the key variable.
     pub fn from_config(
@@ -196,7 +165,11 @@ impl Provider {
             })
         };
         let (endpoint, count_tokens_endpoint) = endpoints_at(&cfg.base_url)?;
-        let ca = cfg.tls_ca_file.as_deref().map(load_ca_file).transpose()?;
+        let ca = cfg
+            .tls_ca_file
+            .as_deref()
+            .map(crate::util::tls::load_ca_file)
+            .transpose()?;
         let members = cfg
             .endpoints
             .iter()
@@ -265,6 +238,26 @@ impl Provider {
         })
     }
 
+    /// Every key this provider holds (its own, its endpoints', AWS
+    /// credentials), for redacting upstream error text.
+    pub fn secrets(&self) -> Vec<String> {
+        let raw =
+            |(_, v): &(&'static str, String)| v.strip_prefix("Bearer ").unwrap_or(v).to_string();
+        let mut out: Vec<String> = self.auth.iter().map(raw).collect();
+        if let Some(pool) = &self.pool {
+            out.extend(
+                pool.members()
+                    .iter()
+                    .filter_map(|m| m.auth.as_ref().map(raw)),
+            );
+        }
+        if let Some((_, Some(creds))) = &self.aws {
+            out.push(creds.secret_access_key().to_string());
+            out.extend(creds.session_token().map(str::to_string));
+        }
+        out
+    }
+
     /// This provider as served by endpoint `i` of its pool.
     pub fn at_member(&self, i: usize) -> Provider {
         let mut p = self.clone();
@@ -276,15 +269,16 @@ impl Provider {
         p
     }
 
-    /// Translate a client request into this provider's request body and
-    /// the headers it needs beyond the common ones.
+    /// The upstream request for one attempt: this provider's wire format,
+    /// its endpoint (Bedrock names the model in the path), its credentials
+    /// and headers.
     pub fn prepare(
         &self,
         req: &MessagesRequest,
         raw: &[u8],
         model: &str,
         client_headers: &http::HeaderMap,
-    ) -> Result<Prepared, ApiError> {
+    ) -> Result<Prepared<'_>, ApiError> {
         let encode = |r: serde_json::Result<Vec<u8>>| {
             r.map(Bytes::from)
                 .map_err(|e| ApiError::api(format!("cannot encode the upstream request: {e}")))
@@ -293,20 +287,19 @@ impl Provider {
         if !self.capabilities.reasoning {
             opts.reasoning = openai::ReasoningStyle::None;
         }
-        Ok(match self.kind {
-            ProviderKind::Openai => {
-                let chat = openai::request::to_chat_request(req, model, &opts)?;
-                Prepared {
-                    body: encode(serde_json::to_vec(&chat))?,
-                    headers: Vec::new(),
-                    path: None,
-                }
+        let mut headers: Vec<(&'static str, String)> = self.auth.iter().cloned().collect();
+        let mut endpoint = Cow::Borrowed(&self.endpoint);
+        let body = match self.kind {
+            ProviderKind::Openai => encode(serde_json::to_vec(&openai::request::to_chat_request(
+                req, model, &opts,
+            )?))?,
+            ProviderKind::Anthropic => {
+                headers.extend(anthropic::forward_headers(
+                    client_headers,
+                    &self.anthropic_version,
+                ));
+                anthropic::rewrite_body(raw, model, self.capabilities.max_output_tokens)?
             }
-            ProviderKind::Anthropic => Prepared {
-                body: anthropic::rewrite_body(raw, model, self.capabilities.max_output_tokens)?,
-                headers: anthropic::forward_headers(client_headers, &self.anthropic_version),
-                path: None,
-            },
             ProviderKind::Bedrock => {
                 let converse = bedrock::to_converse(
                     req,
@@ -315,156 +308,79 @@ impl Provider {
                 )?;
                 let body = encode(serde_json::to_vec(&converse))?;
                 let path = bedrock::path(&self.endpoint, model, req.is_stream());
-                let headers = match &self.aws {
-                    Some((region, Some(creds))) => bedrock::sign(
+                if let Some((region, Some(creds))) = &self.aws {
+                    headers.extend(bedrock::sign(
                         creds,
                         region,
                         &self.endpoint,
                         &path,
                         &body,
                         std::time::SystemTime::now(),
-                    )?,
-                    _ => Vec::new(),
-                };
-                Prepared {
-                    body,
-                    headers,
-                    path: Some(path),
+                    )?);
                 }
+                endpoint = Cow::Owned(Endpoint {
+                    path,
+                    ..self.endpoint.clone()
+                });
+                body
             }
-            ProviderKind::Ollama => {
-                let chat = ollama::to_ollama_request(req, model, &opts, &self.capabilities)?;
-                Prepared {
-                    body: encode(serde_json::to_vec(&chat))?,
-                    headers: Vec::new(),
-                    path: None,
-                }
-            }
+            ProviderKind::Ollama => encode(serde_json::to_vec(&ollama::to_ollama_request(
+                req,
+                model,
+                &opts,
+                &self.capabilities,
+            )?))?,
+        };
+        Ok(Prepared {
+            endpoint,
+            headers,
+            body,
         })
     }
 
-    /// The translator for this provider's streamed response.
-    pub fn stream_translator(&self, client_model: &str) -> Translator {
-        match self.kind {
-            ProviderKind::Openai => {
-                Translator::Openai(openai::stream::StreamTranslator::new(client_model))
-            }
-            ProviderKind::Anthropic => Translator::Anthropic(anthropic::Passthrough::new()),
-            ProviderKind::Ollama => Translator::Ollama(ollama::StreamTranslator::new(client_model)),
-            ProviderKind::Bedrock => {
-                Translator::Bedrock(bedrock::StreamTranslator::new(client_model))
-            }
+    /// What the upstream client sends for `prepared`.
+    pub fn outgoing<'a>(
+        &'a self,
+        prepared: &'a Prepared<'a>,
+        stream: bool,
+        request_id: &'a str,
+    ) -> Outgoing<'a> {
+        Outgoing {
+            endpoint: &prepared.endpoint,
+            ca: self.ca.as_ref(),
+            headers: &prepared.headers,
+            extra_headers: &self.extra_headers,
+            body: prepared.body.clone(),
+            stream,
+            request_id,
         }
     }
 
+    /// The decoder for a 2xx answer with this content type: a stream
+    /// translator when the client asked for a stream and the provider sent
+    /// its stream format, else a whole-body decoder.
+    pub fn decoder(&self, content_type: Option<&str>, opts: DecoderOptions<'_>) -> Decoder {
+        let streamed = content_type.is_some_and(|c| self.is_stream_response(c));
+        Decoder::new(self.kind, streamed, opts)
+    }
+
     /// Whether a 2xx response with this content type is this provider's stream.
-    pub fn is_stream_response(&self, content_type: &str) -> bool {
+    fn is_stream_response(&self, content_type: &str) -> bool {
         match self.kind {
             ProviderKind::Ollama => content_type.contains("ndjson"),
             ProviderKind::Bedrock => content_type.contains("eventstream"),
             _ => content_type.contains("text/event-stream"),
         }
     }
-
-    /// Translate a whole (non-streaming) response body: the JSON to send
-    /// the client, and the usage for the access log.
-    pub fn translate_json(&self, body: &[u8], client_model: &str) -> Result<JsonReply, ApiError> {
-        match self.kind {
-            ProviderKind::Openai | ProviderKind::Ollama | ProviderKind::Bedrock => {
-                let message = match self.kind {
-                    ProviderKind::Openai => openai::response::to_message(body, client_model)?,
-                    ProviderKind::Bedrock => bedrock::to_message(body, client_model)?,
-                    _ => ollama::to_message(body, client_model)?,
-                };
-                Ok(JsonReply {
-                    usage: message.usage,
-                    message: Some(message),
-                    passthrough: None,
-                })
-            }
-            ProviderKind::Anthropic => Ok(JsonReply {
-                usage: anthropic::usage_of(body),
-                message: None,
-                passthrough: Some(Bytes::copy_from_slice(body)),
-            }),
-        }
-    }
 }
 
-/// An upstream request body and its kind-specific headers.
-pub struct Prepared {
-    pub body: Bytes,
+/// One attempt's upstream request, ready to send.
+pub struct Prepared<'p> {
+    pub endpoint: Cow<'p, Endpoint>,
+    /// Credentials and the kind's headers (Anthropic version and betas,
+    /// SigV4 signature).
     pub headers: Vec<(&'static str, String)>,
-    /// A per-request path (Bedrock: the model is in the path).
-    pub path: Option<String>,
-}
-
-pub struct JsonReply {
-    pub usage: Usage,
-    /// A translated message (OpenAI, Ollama).
-    pub message: Option<crate::protocol::anthropic::MessageResponse>,
-    /// The upstream's own Anthropic JSON (passthrough).
-    pub passthrough: Option<Bytes>,
-}
-
-/// Whether the upstream stream has reached its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    Continue,
-    Done,
-}
-
-/// A provider's stream translator: upstream bytes in, Anthropic SSE out.
-pub enum Translator {
-    Openai(openai::stream::StreamTranslator),
-    Anthropic(anthropic::Passthrough),
-    Ollama(ollama::StreamTranslator),
-    Bedrock(bedrock::StreamTranslator),
-}
-
-impl Translator {
-    pub fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) -> Result<Progress, ApiError> {
-        match self {
-            Translator::Openai(t) => t.feed(bytes, out),
-            Translator::Anthropic(t) => t.feed(bytes, out),
-            Translator::Ollama(t) => t.feed(bytes, out),
-            Translator::Bedrock(t) => t.feed(bytes, out),
-        }
-    }
-
-    pub fn end_of_input(&mut self, out: &mut BytesMut) -> Result<(), ApiError> {
-        match self {
-            Translator::Openai(t) => t.end_of_input(out),
-            Translator::Anthropic(t) => t.end_of_input(out),
-            Translator::Ollama(t) => t.end_of_input(out),
-            Translator::Bedrock(t) => t.end_of_input(out),
-        }
-    }
-
-    pub fn usage(&self) -> Usage {
-        match self {
-            Translator::Openai(t) => t.usage(),
-            Translator::Anthropic(t) => t.usage(),
-            Translator::Ollama(t) => t.usage(),
-            Translator::Bedrock(t) => t.usage(),
-        }
-    }
-}
-
-/// The certificates of a PEM file, as Pingora's per-peer CA list.
-pub fn load_ca_file(path: &str) -> Result<Arc<CaType>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{path}: not a PEM certificate file: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{path}: no certificate in the file"));
-    }
-    Ok(certs
-        .into_iter()
-        .map(|der| WrappedX509::new(der.to_vec(), parse_x509))
-        .collect::<Vec<_>>()
-        .into())
+    pub body: Bytes,
 }
 
 /// The chat completions URL: a base URL gets `/chat/completions` appended

@@ -135,6 +135,10 @@ impl Pool {
         &self.members[i]
     }
 
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
     /// The endpoint for a request: a healthy one not in `avoid` (those this
     /// request already tried), else any healthy one; `None` when none is
     /// healthy. `key` only matters to consistent hashing.
@@ -261,7 +265,8 @@ impl HealthCheck for EndpointCheck {
             ProbeKind::Http => {
                 crate::upstream::probe_http(
                     &self.connector,
-                    member,
+                    &member.endpoint,
+                    member.auth.as_ref(),
                     &self.config.path,
                     self.ca.clone(),
                     timeout,

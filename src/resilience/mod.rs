@@ -4,5 +4,6 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod buffered;
 pub mod rate_limit;
 pub mod shedder;

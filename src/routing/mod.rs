@@ -52,7 +52,7 @@ pub struct Router {
 pub struct Features<'a> {
     pub model: &'a str,
     pub tools: usize,
-    /// Body bytes / 4: cheap, no tokenizer.
+    /// The gateway's one estimate (`protocol::estimate`), computed once.
     pub estimated_tokens: u64,
     pub thinking: bool,
     pub web_search: bool,
@@ -61,7 +61,11 @@ pub struct Features<'a> {
 }
 
 impl<'a> Features<'a> {
-    pub fn of(req: &'a MessagesRequest, body_len: usize, headers: &'a http::HeaderMap) -> Self {
+    pub fn of(
+        req: &'a MessagesRequest,
+        estimated_tokens: u64,
+        headers: &'a http::HeaderMap,
+    ) -> Self {
         let tools = req.tools.as_deref().unwrap_or_default();
         Features {
             thinking: matches!(req.thinking, Some(Thinking::Enabled { .. })),
@@ -70,7 +74,7 @@ impl<'a> Features<'a> {
                     .as_deref()
                     .is_some_and(|k| k.starts_with("web_search"))
             }),
-            ..Features::basic(&req.model, tools.len(), body_len, headers)
+            ..Features::basic(&req.model, tools.len(), estimated_tokens, headers)
         }
     }
 
@@ -78,13 +82,13 @@ impl<'a> Features<'a> {
     pub fn basic(
         model: &'a str,
         tools: usize,
-        body_len: usize,
+        estimated_tokens: u64,
         headers: &'a http::HeaderMap,
     ) -> Self {
         Features {
             model,
             tools,
-            estimated_tokens: body_len as u64 / 4,
+            estimated_tokens,
             thinking: false,
             web_search: false,
             headers,
@@ -103,6 +107,10 @@ impl<'a> Features<'a> {
 /// What a request needs of its provider (see `Capabilities::lacks`).
 pub fn needs(req: &MessagesRequest, f: &Features) -> Needs {
     let image = |b: &ContentBlock| match b {
+        // An Anthropic file id reaches other providers as a note, not an image.
+        ContentBlock::Image {
+            source: crate::protocol::anthropic::MediaSource::File { .. },
+        } => false,
         ContentBlock::Image { .. } => true,
         ContentBlock::ToolResult {
             content: Some(TextOrBlocks::Blocks(rb)),
@@ -228,6 +236,28 @@ impl Router {
         })
     }
 
+    /// Every model name the configuration names: its targets' models and
+    /// its exact routes (the bound on metric labels).
+    pub fn configured_models(&self) -> Vec<String> {
+        let chains = self
+            .rules
+            .iter()
+            .map(|r| &r.chain)
+            .chain(self.long_context.iter().map(|(_, c)| c))
+            .chain(self.web_search.iter())
+            .chain(self.think.iter())
+            .chain(self.background.iter())
+            .chain(self.models.iter().map(|(_, c)| c))
+            .chain(self.default.iter());
+        let mut names: Vec<String> = chains
+            .flat_map(|c| c.targets.iter().filter_map(|t| t.model.clone()))
+            .collect();
+        names.extend(self.model_names());
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Model names a client can ask for: each exact (non-glob) model-map
     /// name, then the default target's model, which any name reaches.
     pub fn model_names(&self) -> Vec<String> {
@@ -268,38 +298,7 @@ fn rule_matches(rule: &RuleConfig, f: &Features) -> bool {
         })
 }
 
-/// A stable hash (FNV-1a): the same session always maps to the same target.
-pub fn fnv1a(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// `*` matches any run of characters, `?` any one; everything else itself.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
+pub use crate::util::{fnv1a, glob_match};
 
 #[cfg(test)]
 mod tests;

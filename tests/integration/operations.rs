@@ -215,7 +215,7 @@ async fn a_real_prometheus_scrapes_lynkr() {
     let mock = slow_stream_mock(3, Duration::from_millis(1)).await;
     let admin_port = free_port();
     let server = format!(
-        "  admin_listen: \"127.0.0.1:{admin_port}\"\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n"
+        "  admin_listen: \"127.0.0.1:{admin_port}\"\n  grace_period_seconds: 1\n  drain_ms: 500\n  graceful_shutdown_timeout_seconds: 1\n"
     );
     let providers = openai_provider(mock.addr).replace(
         "    model: gpt-mock\n",

@@ -11,7 +11,6 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 pub const DEFAULT_VERSION: &str = "2023-06-01";
 
@@ -34,30 +33,124 @@ pub fn endpoints(base_url: &str) -> Result<(Endpoint, Endpoint), String> {
     Ok((messages, Endpoint::from_url(&count)?))
 }
 
-/// The client's body with `model` replaced (and `max_tokens` capped). Only
-/// the top level is parsed; everything else is copied as raw JSON.
+/// The client's body with `model` replaced, `max_tokens` capped and the
+/// thinking budget kept under it (see `providers::thinking`). Only the top
+/// level is parsed; every other value is copied byte for byte, in order, so
+/// fields and blocks this build does not know reach the provider intact.
 pub fn rewrite_body(
     raw: &[u8],
     model: &str,
     max_tokens_cap: Option<u64>,
 ) -> Result<Bytes, ApiError> {
-    let mut top: BTreeMap<Cow<str>, &RawValue> = serde_json::from_slice(raw)
+    let TopLevel(mut fields) = serde_json::from_slice(raw)
         .map_err(|e| ApiError::invalid(format!("body: invalid JSON: {e}")))?;
-    let model_json = serde_json::to_string(model).expect("a string serializes");
-    let model_raw = RawValue::from_string(model_json).expect("valid JSON");
-    top.insert(Cow::Borrowed("model"), &model_raw);
-    let capped;
+    set(&mut fields, "model", Some(to_raw(model)));
     if let Some(cap) = max_tokens_cap {
-        let asked: u64 = top
-            .get("max_tokens")
+        let asked: u64 = get(&fields, "max_tokens")
             .and_then(|v| v.get().parse().ok())
             .unwrap_or(cap);
-        capped = RawValue::from_string(asked.min(cap).to_string()).expect("a number");
-        top.insert(Cow::Borrowed("max_tokens"), &capped);
+        let max_tokens = asked.min(cap);
+        if max_tokens != asked {
+            set(&mut fields, "max_tokens", Some(to_raw(&max_tokens)));
+        }
+        let thinking: Option<serde_json::Map<String, serde_json::Value>> =
+            get(&fields, "thinking").and_then(|t| serde_json::from_str(t.get()).ok());
+        if let Some(mut thinking) = thinking {
+            let budget = thinking.get("budget_tokens").and_then(|b| b.as_u64());
+            if let (Some("enabled"), Some(budget)) =
+                (thinking.get("type").and_then(|t| t.as_str()), budget)
+            {
+                match super::thinking::budget_within(budget, max_tokens) {
+                    Some(b) if b == budget => {}
+                    Some(b) => {
+                        thinking.insert("budget_tokens".into(), b.into());
+                        set(&mut fields, "thinking", Some(to_raw(&thinking)));
+                    }
+                    None => set(&mut fields, "thinking", None),
+                }
+            }
+        }
     }
-    serde_json::to_vec(&top)
+    serde_json::to_vec(&TopLevel(fields))
         .map(Bytes::from)
         .map_err(|e| ApiError::api(format!("cannot encode the upstream request: {e}")))
+}
+
+/// A JSON object's members in their original order, values unparsed.
+struct TopLevel<'a>(Vec<(Cow<'a, str>, Raw<'a>)>);
+
+/// A raw JSON value, borrowed from the client's body or made here.
+enum Raw<'a> {
+    Borrowed(&'a RawValue),
+    Owned(Box<RawValue>),
+}
+
+impl Raw<'_> {
+    fn get(&self) -> &str {
+        match self {
+            Raw::Borrowed(r) => r.get(),
+            Raw::Owned(r) => r.get(),
+        }
+    }
+}
+
+/// A plain value as raw JSON.
+fn to_raw<T: serde::Serialize + ?Sized>(v: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(v).expect("a plain value serializes")
+}
+
+fn get<'f>(fields: &'f [(Cow<str>, Raw)], key: &str) -> Option<&'f Raw<'f>> {
+    fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// Replace (or add, or with `None` remove) a member.
+fn set(fields: &mut Vec<(Cow<str>, Raw)>, key: &'static str, value: Option<Box<RawValue>>) {
+    let pos = fields.iter().position(|(k, _)| k == key);
+    match (pos, value) {
+        (Some(i), Some(v)) => fields[i].1 = Raw::Owned(v),
+        (None, Some(v)) => fields.push((Cow::Borrowed(key), Raw::Owned(v))),
+        (Some(i), None) => {
+            fields.remove(i);
+        }
+        (None, None) => {}
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for TopLevel<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::with_capacity(m.size_hint().unwrap_or(16));
+                while let Some((k, v)) = m.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    fields.push((k, Raw::Borrowed(v)));
+                }
+                Ok(TopLevel(fields))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl serde::Serialize for TopLevel<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            match v {
+                Raw::Borrowed(r) => m.serialize_entry(k, r)?,
+                Raw::Owned(r) => m.serialize_entry(k, r)?,
+            }
+        }
+        m.end()
+    }
 }
 
 /// `anthropic-version` (the client's, else the provider's default) and
@@ -127,11 +220,18 @@ pub fn usage_of(body: &[u8]) -> Usage {
 
 /// Forwards the upstream's SSE bytes unchanged while watching the events
 /// go by: usage for the log, `message_stop` or `error` for the end.
+///
+/// The bytes are held back until the first event has been seen: a stream
+/// whose first event is `error` (Anthropic's `overloaded_error` comes that
+/// way) is the provider's refusal, not a started answer, so it fails over
+/// like the HTTP status it stands for.
 pub struct Passthrough {
     parser: SseParser,
     events: Vec<SseEvent>,
     usage: Usage,
     done: bool,
+    /// The bytes received before the first event, until it is checked.
+    held: Option<BytesMut>,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +242,16 @@ struct EventHead {
     usage: Option<RawUsage>,
     #[serde(default)]
     message: Option<UsageOnly>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    message: String,
 }
 
 impl Default for Passthrough {
@@ -157,6 +267,7 @@ impl Passthrough {
             events: Vec::new(),
             usage: Usage::default(),
             done: false,
+            held: Some(BytesMut::new()),
         }
     }
 
@@ -165,12 +276,26 @@ impl Passthrough {
     }
 
     pub fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) -> Result<Progress, ApiError> {
-        out.extend_from_slice(bytes);
-        self.parser.feed(bytes, &mut self.events).map_err(|_| {
-            ApiError::api("upstream sent an oversized stream event").with_status(502)
-        })?;
+        match &mut self.held {
+            Some(held) => held.extend_from_slice(bytes),
+            None => out.extend_from_slice(bytes),
+        }
+        self.parser
+            .feed(bytes, &mut self.events)
+            .map_err(|_| ApiError::bad_upstream("upstream sent an oversized stream event"))?;
         for event in self.events.drain(..) {
-            let Ok(head) = serde_json::from_str::<EventHead>(&event.data) else {
+            let head = serde_json::from_str::<EventHead>(&event.data).ok();
+            if let Some(held) = self.held.take() {
+                if let Some(err) = head
+                    .as_ref()
+                    .filter(|h| h.kind == "error")
+                    .and_then(|h| h.error.as_ref())
+                {
+                    return Err(ApiError::from_upstream_type(&err.kind, err.message.clone()));
+                }
+                out.extend_from_slice(&held);
+            }
+            let Some(head) = head else {
                 continue;
             };
             if let Some(u) = head.message.and_then(|m| m.usage) {
@@ -194,12 +319,97 @@ impl Passthrough {
         if self.done {
             Ok(())
         } else {
-            Err(
-                ApiError::api("upstream stream ended before the response was complete")
-                    .with_status(502),
-            )
+            Err(ApiError::bad_upstream(
+                "upstream stream ended before the response was complete",
+            ))
         }
     }
+}
+
+/// A whole Anthropic message as the event sequence a streaming client
+/// expects, for an upstream that answered a streaming request with JSON.
+/// Blocks pass through as they are: text, thinking and tool input stream
+/// as deltas; any other block (server tool results, blocks this build does
+/// not know) is sent whole in its `content_block_start`, as Anthropic does.
+pub fn message_events(body: &[u8], out: &mut BytesMut) -> Result<Usage, ApiError> {
+    use crate::protocol::sse::write_event;
+    use serde_json::{json, Value};
+    let mut message: serde_json::Map<String, Value> =
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_upstream(format!("upstream returned an invalid message: {e}"))
+        })?;
+    let usage = usage_of(body);
+    let content = match message.remove("content") {
+        Some(Value::Array(blocks)) => blocks,
+        _ => Vec::new(),
+    };
+    let stop_reason = message.remove("stop_reason").unwrap_or(Value::Null);
+    let stop_sequence = message.remove("stop_sequence").unwrap_or(Value::Null);
+    let full_usage = message.get("usage").cloned().unwrap_or(json!({}));
+    message.insert("content".into(), json!([]));
+    message.insert("stop_reason".into(), Value::Null);
+    message.insert("stop_sequence".into(), Value::Null);
+    write_event(
+        out,
+        "message_start",
+        &json!({"type": "message_start", "message": message}),
+    );
+    for (index, mut block) in content.into_iter().enumerate() {
+        let kind = block["type"].as_str().unwrap_or_default().to_string();
+        let mut deltas = Vec::new();
+        match kind.as_str() {
+            "text" => {
+                let text = block["text"].take();
+                block["text"] = json!("");
+                deltas.push(json!({"type": "text_delta", "text": text}));
+                if let Some(Value::Array(citations)) =
+                    block.as_object_mut().and_then(|b| b.remove("citations"))
+                {
+                    for c in citations {
+                        deltas.push(json!({"type": "citations_delta", "citation": c}));
+                    }
+                }
+            }
+            "thinking" => {
+                let thinking = block["thinking"].take();
+                let signature = block["signature"].take();
+                block["thinking"] = json!("");
+                block["signature"] = json!("");
+                deltas.push(json!({"type": "thinking_delta", "thinking": thinking}));
+                deltas.push(json!({"type": "signature_delta", "signature": signature.as_str().unwrap_or("")}));
+            }
+            "tool_use" | "server_tool_use" | "mcp_tool_use" => {
+                let input = block["input"].take();
+                block["input"] = json!({});
+                deltas.push(json!({"type": "input_json_delta", "partial_json": input.to_string()}));
+            }
+            _ => {}
+        }
+        write_event(
+            out,
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index, "content_block": block}),
+        );
+        for delta in deltas {
+            write_event(
+                out,
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            );
+        }
+        write_event(
+            out,
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": index}),
+        );
+    }
+    write_event(
+        out,
+        "message_delta",
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence}, "usage": full_usage}),
+    );
+    write_event(out, "message_stop", &json!({"type": "message_stop"}));
+    Ok(usage)
 }
 
 #[cfg(test)]

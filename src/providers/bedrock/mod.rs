@@ -11,9 +11,10 @@ use crate::protocol::anthropic::{
 };
 use crate::protocol::error::ApiError;
 use crate::protocol::events::{
-    empty_text, empty_thinking, empty_tool_use, input_json_delta, new_message_id, text_delta,
-    thinking_delta, BlockKey, BlockKind, EventWriter,
+    empty_text, empty_thinking, empty_tool_use, input_json_delta, text_delta, thinking_delta,
+    BlockKey, BlockKind, EventWriter,
 };
+use crate::protocol::readable;
 use crate::protocol::validate::parse_json;
 use aws_credential_types::Credentials;
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
@@ -104,6 +105,7 @@ pub fn to_converse(
             .collect(),
         _ => Vec::new(),
     };
+    let max_tokens = max_tokens_cap.map_or(req.max_tokens, |c| req.max_tokens.min(c));
     // Converse wants alternating roles: adjacent messages of one role merge,
     // and mid-conversation system messages become user text.
     let mut messages: Vec<(Role, Vec<Value>)> = Vec::new();
@@ -141,7 +143,7 @@ pub fn to_converse(
             "role": if r == Role::Assistant { "assistant" } else { "user" },
             "content": c,
         })).collect::<Vec<_>>(),
-        "inferenceConfig": {"maxTokens": max_tokens_cap.map_or(req.max_tokens, |c| req.max_tokens.min(c))},
+        "inferenceConfig": {"maxTokens": max_tokens},
     });
     if !system.is_empty() {
         body["system"] = Value::Array(std::mem::take(&mut system));
@@ -186,8 +188,11 @@ pub fn to_converse(
         body["toolConfig"] = json!({"tools": tools, "toolChoice": choice});
     }
     if let (true, Some(Thinking::Enabled { budget_tokens })) = (reasoning, &req.thinking) {
-        body["additionalModelRequestFields"] =
-            json!({"thinking": {"type": "enabled", "budget_tokens": budget_tokens}});
+        // Kept under the (capped) maxTokens, or left out: see `providers::thinking`.
+        if let Some(budget) = super::thinking::budget_within(*budget_tokens, max_tokens) {
+            body["additionalModelRequestFields"] =
+                json!({"thinking": {"type": "enabled", "budget_tokens": budget}});
+        }
     }
     Ok(body)
 }
@@ -200,17 +205,29 @@ fn block(b: &ContentBlock, path: &str) -> Result<Option<Value>, ApiError> {
     Ok(match b {
         ContentBlock::Text { text } if text.is_empty() => None,
         ContentBlock::Text { text } => Some(json!({"text": text})),
-        ContentBlock::Image { source } => Some(image(source, path)?),
-        ContentBlock::Document { source, title } => Some(match source {
-            MediaSource::Text { data, .. } => json!({"text": data}),
-            MediaSource::Base64 { data, .. } => json!({"document": {"format": "pdf",
-                "name": title.as_deref().unwrap_or("document"), "source": {"bytes": data}}}),
-            MediaSource::Url { .. } => {
-                return Err(ApiError::invalid(format!(
-                    "{path}.source.type: Bedrock takes documents as base64, not URLs"
-                )))
-            }
-        }),
+        ContentBlock::Image {
+            source:
+                source @ (MediaSource::Base64 { .. }
+                | MediaSource::Url { .. }
+                | MediaSource::Text { .. }),
+        } => Some(image(source, path)?),
+        ContentBlock::Document {
+            source: MediaSource::Text { data, .. },
+            ..
+        } => Some(json!({"text": data})),
+        ContentBlock::Document {
+            source: MediaSource::Base64 { data, .. },
+            title,
+        } => Some(json!({"document": {"format": "pdf",
+                "name": title.as_deref().unwrap_or("document"), "source": {"bytes": data}}})),
+        ContentBlock::Document {
+            source: MediaSource::Url { .. },
+            ..
+        } => {
+            return Err(ApiError::invalid(format!(
+                "{path}.source.type: Bedrock takes documents as base64, not URLs"
+            )))
+        }
         ContentBlock::ToolUse { id, name, input } => {
             Some(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}))
         }
@@ -225,14 +242,15 @@ fn block(b: &ContentBlock, path: &str) -> Result<Option<Value>, ApiError> {
                 Some(TextOrBlocks::Blocks(rb)) => {
                     for (k, r) in rb.iter().enumerate() {
                         match r {
-                            ToolResultBlock::Text { text } => parts.push(json!({"text": text})),
-                            ToolResultBlock::Image { source } => {
-                                parts.push(image(source, &format!("{path}.content.{k}"))?)
+                            ToolResultBlock::Image {
+                                source:
+                                    source @ (MediaSource::Base64 { .. } | MediaSource::Url { .. }),
+                            } => parts.push(image(source, &format!("{path}.content.{k}"))?),
+                            other => {
+                                if let Some(t) = readable::tool_result_block_text(other) {
+                                    parts.push(json!({"text": t}))
+                                }
                             }
-                            ToolResultBlock::Document {
-                                source: MediaSource::Text { data, .. },
-                            } => parts.push(json!({"text": data})),
-                            ToolResultBlock::Document { .. } => {}
                         }
                     }
                 }
@@ -258,6 +276,8 @@ fn block(b: &ContentBlock, path: &str) -> Result<Option<Value>, ApiError> {
         ContentBlock::RedactedThinking { data } => {
             Some(json!({"reasoningContent": {"redactedContent": data}}))
         }
+        // Blocks only Anthropic understands: as text, or left out.
+        other => readable::block_text(other).map(|t| json!({"text": t})),
     })
 }
 
@@ -330,11 +350,10 @@ struct ConverseMessage {
 /// A whole Converse response.
 pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, ApiError> {
     let r: ConverseResponse = parse_json(body).map_err(|e| {
-        ApiError::api(format!(
+        ApiError::bad_upstream(format!(
             "upstream returned an invalid Converse response: {}",
             e.message
         ))
-        .with_status(502)
     })?;
     let mut content = Vec::new();
     for c in r.output.message.content {
@@ -356,7 +375,7 @@ pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, Ap
         }
     }
     Ok(MessageResponse {
-        id: new_message_id(),
+        id: crate::util::ids::message_id(),
         kind: "message",
         role: "assistant",
         model: client_model.to_string(),
@@ -391,11 +410,15 @@ impl StreamTranslator {
         self.usage
     }
 
+    pub fn set_input_estimate(&mut self, tokens: u64) {
+        self.events.set_input_estimate(tokens);
+    }
+
     pub fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) -> Result<Progress, ApiError> {
         self.buf.extend_from_slice(bytes);
         while !self.events.finished() {
             let frame = self.decoder.decode_frame(&mut self.buf).map_err(|e| {
-                ApiError::api(format!("malformed upstream event stream: {e}")).with_status(502)
+                ApiError::bad_upstream(format!("malformed upstream event stream: {e}"))
             })?;
             let DecodedFrame::Complete(message) = frame else {
                 break;
@@ -448,15 +471,14 @@ impl StreamTranslator {
         if self.events.finished() {
             Ok(())
         } else {
-            Err(
-                ApiError::api("upstream stream ended before the response was complete")
-                    .with_status(502),
-            )
+            Err(ApiError::bad_upstream(
+                "upstream stream ended before the response was complete",
+            ))
         }
     }
 
     fn event(&mut self, kind: &str, p: &Value, out: &mut BytesMut) {
-        self.events.start(&new_message_id(), out);
+        self.events.start(&crate::util::ids::message_id(), out);
         let index = p["contentBlockIndex"].as_u64().unwrap_or(0);
         let ev = &mut self.events;
         match kind {
@@ -490,7 +512,7 @@ impl StreamTranslator {
                         ev.delta(thinking_delta(t), out);
                     }
                     if let Some(s) = r["signature"].as_str() {
-                        ev.delta(json!({"type": "signature_delta", "signature": s}), out);
+                        ev.signature(s, out);
                     }
                 }
             }

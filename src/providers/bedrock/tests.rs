@@ -86,10 +86,17 @@ fn converse_request_shape() {
         json!([{"toolSpec": {"name": "Read", "description": "read a file", "inputSchema": {"json": {"type": "object"}}}}])
     );
     assert_eq!(c["toolConfig"]["toolChoice"], json!({"any": {}}));
-    assert_eq!(
-        c["additionalModelRequestFields"]["thinking"]["budget_tokens"],
-        2048
-    );
+    // Regression: the budget (2048) went out above the capped maxTokens
+    // (1000), which Bedrock refuses; with no room for 1024 it is left out.
+    assert!(c.get("additionalModelRequestFields").is_none(), "{c}");
+    let budget = |cap| {
+        to_converse(&req, cap, true).unwrap()["additionalModelRequestFields"]["thinking"]
+            ["budget_tokens"]
+            .clone()
+    };
+    assert_eq!(budget(None), 2048);
+    assert_eq!(budget(Some(3000)), 2048);
+    assert_eq!(budget(Some(2048)), 2047);
     assert!(to_converse(&req, None, false)
         .unwrap()
         .get("additionalModelRequestFields")

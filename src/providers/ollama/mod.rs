@@ -14,8 +14,8 @@ use crate::protocol::anthropic::{
 };
 use crate::protocol::error::ApiError;
 use crate::protocol::events::{
-    empty_text, empty_thinking, empty_tool_use, input_json_delta, new_message_id, text_delta,
-    thinking_delta, BlockKey, BlockKind, EventWriter,
+    empty_text, empty_thinking, empty_tool_use, input_json_delta, text_delta, thinking_delta,
+    BlockKey, BlockKind, EventWriter,
 };
 use crate::protocol::validate::parse_json;
 use bytes::BytesMut;
@@ -238,8 +238,24 @@ impl OllamaChunk {
     }
 }
 
-fn tool_id() -> String {
-    format!("toolu_lynkr_{:016x}", crate::util::unique_id())
+/// An error Ollama reports in a 200 answer or inside its stream, as the
+/// HTTP status it stands for: a missing model is a 404 and a request the
+/// model cannot serve a 400 (the client's to fix, not a provider failure
+/// for the breaker); anything else a 500.
+fn application_error(message: String) -> ApiError {
+    let m = message.to_ascii_lowercase();
+    let status = if m.contains("not found") {
+        404
+    } else if m.contains("does not support")
+        || m.contains("invalid")
+        || m.contains("exceeds")
+        || m.contains("too long")
+    {
+        400
+    } else {
+        500
+    };
+    ApiError::from_upstream_status(status, message)
 }
 
 fn arguments_object(v: Value) -> Value {
@@ -254,14 +270,13 @@ fn arguments_object(v: Value) -> Value {
 /// A whole `/api/chat` response (`stream: false`).
 pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, ApiError> {
     let chunk: OllamaChunk = parse_json(body).map_err(|e| {
-        ApiError::api(format!(
+        ApiError::bad_upstream(format!(
             "upstream returned an invalid chat response: {}",
             e.message
         ))
-        .with_status(502)
     })?;
     if let Some(err) = chunk.error {
-        return Err(ApiError::api(err).with_status(502));
+        return Err(application_error(err));
     }
     let mut content = Vec::new();
     let out = chunk.message.as_ref();
@@ -282,13 +297,13 @@ pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, Ap
     let usage = chunk.usage();
     for call in chunk.message.into_iter().flat_map(|m| m.tool_calls) {
         content.push(ResponseBlock::ToolUse {
-            id: tool_id(),
+            id: crate::util::ids::tool_use_id(),
             name: call.function.name,
             input: arguments_object(call.function.arguments),
         });
     }
     Ok(MessageResponse {
-        id: new_message_id(),
+        id: crate::util::ids::message_id(),
         kind: "message",
         role: "assistant",
         model: client_model.to_string(),
@@ -303,7 +318,7 @@ pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, Ap
 /// Ollama sends each tool call whole, so each becomes one complete block.
 pub struct StreamTranslator {
     events: EventWriter,
-    buf: Vec<u8>,
+    lines: crate::util::lines::LineReader,
     tool_calls: u64,
     usage: Usage,
 }
@@ -315,7 +330,7 @@ impl StreamTranslator {
     pub fn new(model: impl Into<String>) -> Self {
         StreamTranslator {
             events: EventWriter::new(model),
-            buf: Vec::new(),
+            lines: crate::util::lines::LineReader::new(),
             tool_calls: 0,
             usage: Usage::default(),
         }
@@ -329,20 +344,24 @@ impl StreamTranslator {
         self.events.finished()
     }
 
+    pub fn set_input_estimate(&mut self, tokens: u64) {
+        self.events.set_input_estimate(tokens);
+    }
+
     pub fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) -> Result<Progress, ApiError> {
-        self.buf.extend_from_slice(bytes);
-        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.buf.drain(..=pos).collect();
-            if self.done() || line.iter().all(u8::is_ascii_whitespace) {
+        self.lines.push(bytes);
+        while let Some(line) = self.lines.next_line() {
+            if self.events.finished() || line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let chunk: OllamaChunk = serde_json::from_slice(&line).map_err(|e| {
-                ApiError::api(format!("malformed upstream stream: {e}")).with_status(502)
-            })?;
+            let chunk: OllamaChunk = serde_json::from_slice(line)
+                .map_err(|e| ApiError::bad_upstream(format!("malformed upstream stream: {e}")))?;
             self.chunk(chunk, out)?;
         }
-        if self.buf.len() > MAX_LINE_BYTES {
-            return Err(ApiError::api("upstream sent an oversized stream line").with_status(502));
+        if self.lines.pending().len() > MAX_LINE_BYTES {
+            return Err(ApiError::bad_upstream(
+                "upstream sent an oversized stream line",
+            ));
         }
         Ok(if self.done() {
             Progress::Done
@@ -352,9 +371,9 @@ impl StreamTranslator {
     }
 
     pub fn end_of_input(&mut self, out: &mut BytesMut) -> Result<(), ApiError> {
-        if !self.done() && !self.buf.iter().all(u8::is_ascii_whitespace) {
+        if !self.done() && !self.lines.pending().iter().all(u8::is_ascii_whitespace) {
             // A last line without its newline.
-            let rest = std::mem::take(&mut self.buf);
+            let rest = self.lines.take_pending();
             if let Ok(chunk) = serde_json::from_slice::<OllamaChunk>(&rest) {
                 self.chunk(chunk, out)?;
             }
@@ -362,18 +381,17 @@ impl StreamTranslator {
         if self.done() {
             Ok(())
         } else {
-            Err(
-                ApiError::api("upstream stream ended before the response was complete")
-                    .with_status(502),
-            )
+            Err(ApiError::bad_upstream(
+                "upstream stream ended before the response was complete",
+            ))
         }
     }
 
     fn chunk(&mut self, chunk: OllamaChunk, out: &mut BytesMut) -> Result<(), ApiError> {
         if let Some(err) = chunk.error {
-            return Err(ApiError::api(err).with_status(502));
+            return Err(application_error(err));
         }
-        self.events.start(&new_message_id(), out);
+        self.events.start(&crate::util::ids::message_id(), out);
         if let Some(m) = &chunk.message {
             if let Some(t) = m.thinking.as_deref().filter(|t| !t.is_empty()) {
                 self.events
@@ -389,8 +407,11 @@ impl StreamTranslator {
                 let args = arguments_object(call.function.arguments.clone());
                 let key = BlockKey::new(BlockKind::ToolUse, self.tool_calls);
                 self.tool_calls += 1;
-                self.events
-                    .open(key, || empty_tool_use(&tool_id(), &call.function.name), out);
+                self.events.open(
+                    key,
+                    || empty_tool_use(&crate::util::ids::tool_use_id(), &call.function.name),
+                    out,
+                );
                 self.events.delta(input_json_delta(&args.to_string()), out);
                 self.events.close(out);
             }

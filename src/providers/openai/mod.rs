@@ -5,28 +5,7 @@ pub mod request;
 pub mod response;
 pub mod stream;
 
-use serde::{Deserialize, Serialize};
-
-/// Which field carries the output limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MaxTokensField {
-    MaxTokens,
-    /// Required by OpenAI's reasoning models, accepted by its others.
-    MaxCompletionTokens,
-}
-
-/// How the provider takes a reasoning (thinking) request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReasoningStyle {
-    /// Thinking is not forwarded (non-reasoning models reject the fields).
-    None,
-    /// `reasoning_effort: low|medium|high` (OpenAI o-series and gpt-5, Azure).
-    Effort,
-    /// OpenRouter's `reasoning: {max_tokens}` / `{effort}`.
-    Openrouter,
-}
+pub use crate::config::{MaxTokensField, ReasoningStyle};
 
 /// The translation settings of one OpenAI-compatible provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

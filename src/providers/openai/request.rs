@@ -10,6 +10,7 @@ use crate::protocol::anthropic::{
     ToolChoice, ToolResultBlock,
 };
 use crate::protocol::error::ApiError;
+use crate::protocol::readable;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -168,12 +169,12 @@ pub fn to_chat_request<'a>(
         Some(cap) => req.max_tokens.min(cap),
         None => req.max_tokens,
     };
+    let (reasoning_effort, reasoning) = reasoning_settings(req, opts.reasoning, max_tokens);
     let (max_tokens, max_completion_tokens) = match opts.max_tokens_field {
         MaxTokensField::MaxTokens => (Some(max_tokens), None),
         MaxTokensField::MaxCompletionTokens => (None, Some(max_tokens)),
     };
     let stream = req.is_stream();
-    let (reasoning_effort, reasoning) = reasoning_settings(req, opts.reasoning);
 
     Ok(ChatRequest {
         model,
@@ -210,8 +211,11 @@ pub fn to_chat_request<'a>(
             .output_config
             .as_ref()
             .and_then(|o| o.format.as_ref())
-            .map(|OutputFormat::JsonSchema { schema }| {
-                json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}})
+            .and_then(|f| match f {
+                OutputFormat::JsonSchema { schema } => Some(
+                    json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}),
+                ),
+                OutputFormat::Unknown => None,
             }),
     })
 }
@@ -278,7 +282,11 @@ fn translate_messages<'a>(
                         // Images a tool returned travel in the user message.
                         if let Some(TextOrBlocks::Blocks(rb)) = content {
                             for (k, b) in rb.iter().enumerate() {
-                                if let ToolResultBlock::Image { source } = b {
+                                if let ToolResultBlock::Image {
+                                    source:
+                                        source @ (MediaSource::Base64 { .. } | MediaSource::Url { .. }),
+                                } = b
+                                {
                                     let path = format!("messages.{i}.content.{j}.content.{k}");
                                     parts.push(image_part(source, &path)?);
                                 }
@@ -288,16 +296,33 @@ fn translate_messages<'a>(
                 }
                 close_pending(&mut pending, out);
                 for (j, block) in blocks.iter().enumerate() {
-                    let path = format!("messages.{i}.content.{j}");
+                    let path = || format!("messages.{i}.content.{j}");
                     match block {
                         ContentBlock::Text { text } => parts.push(Part::Text {
                             text: Cow::Borrowed(text),
                         }),
-                        ContentBlock::Image { source } => parts.push(image_part(source, &path)?),
-                        ContentBlock::Document { source, title } => {
-                            parts.push(document_part(source, title.as_deref(), &path)?)
+                        ContentBlock::Image {
+                            source:
+                                source @ (MediaSource::Base64 { .. }
+                                | MediaSource::Url { .. }
+                                | MediaSource::Text { .. }),
+                        } => parts.push(image_part(source, &path())?),
+                        ContentBlock::Document {
+                            source:
+                                source @ (MediaSource::Base64 { .. }
+                                | MediaSource::Url { .. }
+                                | MediaSource::Text { .. }),
+                            title,
+                        } => parts.push(document_part(source, title.as_deref(), &path())?),
+                        ContentBlock::ToolResult { .. } => {}
+                        // Blocks only Anthropic understands: as text, or left out.
+                        other => {
+                            if let Some(text) = readable::block_text(other) {
+                                parts.push(Part::Text {
+                                    text: Cow::Owned(text),
+                                })
+                            }
                         }
-                        _ => {}
                     }
                 }
                 if !parts.is_empty() {
@@ -329,11 +354,12 @@ fn assistant_message(
         TextOrBlocks::Text(t) => return (Some(Cow::Borrowed(t.as_str())), Vec::new()),
         TextOrBlocks::Blocks(b) => b,
     };
-    let mut texts: Vec<&str> = Vec::new();
+    let mut texts: Vec<Cow<'_, str>> = Vec::new();
     let mut calls = Vec::new();
     for block in blocks {
         match block {
-            ContentBlock::Text { text } if !text.is_empty() => texts.push(text),
+            ContentBlock::Text { text } if !text.is_empty() => texts.push(Cow::Borrowed(text)),
+            ContentBlock::Text { .. } => {}
             ContentBlock::ToolUse { id, name, input } => calls.push(ToolCall {
                 id,
                 kind: "function",
@@ -343,12 +369,18 @@ fn assistant_message(
                 },
             }),
             // Thinking cannot be replayed to another model; it is dropped.
-            _ => {}
+            ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {}
+            // Server tool calls and their results Anthropic ran: as text.
+            other => {
+                if let Some(t) = readable::block_text(other) {
+                    texts.push(Cow::Owned(t))
+                }
+            }
         }
     }
     let content = match texts.len() {
         0 => None,
-        1 => Some(Cow::Borrowed(texts[0])),
+        1 => texts.pop(),
         _ => Some(Cow::Owned(texts.join("\n"))),
     };
     (content, calls)
@@ -412,18 +444,12 @@ fn tool_result_text(
         None => Cow::Borrowed(""),
         Some(TextOrBlocks::Text(t)) => Cow::Borrowed(t),
         Some(TextOrBlocks::Blocks(blocks)) => {
-            let texts: Vec<&str> = blocks
+            let mut texts: Vec<Cow<str>> = blocks
                 .iter()
-                .filter_map(|b| match b {
-                    ToolResultBlock::Text { text } => Some(text.as_str()),
-                    ToolResultBlock::Document {
-                        source: MediaSource::Text { data, .. },
-                    } => Some(data.as_str()),
-                    _ => None,
-                })
+                .filter_map(readable::tool_result_block_text)
                 .collect();
             if texts.len() == 1 {
-                Cow::Borrowed(texts[0])
+                texts.pop().expect("one text")
             } else {
                 Cow::Owned(texts.join("\n"))
             }
@@ -440,9 +466,9 @@ fn image_part<'a>(source: &'a MediaSource, path: &str) -> Result<Part<'a>, ApiEr
     let url = match source {
         MediaSource::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
         MediaSource::Url { url } => url.clone(),
-        MediaSource::Text { .. } => {
+        _ => {
             return Err(ApiError::invalid(format!(
-                "{path}.source.type: a text source is only valid for documents"
+                "{path}.source.type: an image takes a base64 or URL source"
             )))
         }
     };
@@ -472,6 +498,9 @@ fn document_part<'a>(
         MediaSource::Url { .. } => Err(ApiError::invalid(format!(
             "{path}.source.type: URL documents are not supported by OpenAI-compatible providers; send the document as base64"
         ))),
+        _ => Err(ApiError::invalid(format!(
+            "{path}.source.type: this document source cannot be sent to OpenAI-compatible providers"
+        ))),
     }
 }
 
@@ -488,6 +517,7 @@ fn tool_choice(choice: &ToolChoice) -> Value {
 fn reasoning_settings(
     req: &MessagesRequest,
     style: ReasoningStyle,
+    max_tokens: u64,
 ) -> (Option<&'static str>, Option<Value>) {
     let requested_effort = req
         .output_config
@@ -505,13 +535,15 @@ fn reasoning_settings(
             4097..=16384 => "medium",
             _ => "high",
         },
-        Some(Thinking::Adaptive) => requested_effort.unwrap_or("medium"),
+        Some(Thinking::Adaptive | Thinking::Other) => requested_effort.unwrap_or("medium"),
     };
     match style {
         ReasoningStyle::None => (None, None),
         ReasoningStyle::Effort => (Some(effort), None),
         ReasoningStyle::Openrouter => match &req.thinking {
-            Some(Thinking::Enabled { budget_tokens }) => {
+            // A budget must stay under max_tokens, as for Anthropic; one
+            // that does not fit becomes an effort.
+            Some(Thinking::Enabled { budget_tokens }) if *budget_tokens < max_tokens => {
                 (None, Some(json!({"max_tokens": budget_tokens})))
             }
             _ => (None, Some(json!({"effort": effort}))),
@@ -525,6 +557,6 @@ fn user_field(user_id: &str) -> Cow<'_, str> {
     if user_id.len() <= 64 {
         return Cow::Borrowed(user_id);
     }
-    let h = crate::routing::fnv1a(user_id);
+    let h = crate::util::fnv1a(user_id);
     Cow::Owned(format!("lynkr-{h:016x}"))
 }

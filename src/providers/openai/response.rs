@@ -120,15 +120,15 @@ pub fn reasoning_text(
 /// Translate a whole (non-streaming) completion body.
 pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, ApiError> {
     let completion: ChatCompletion = parse_json(body).map_err(|e| {
-        ApiError::api(format!(
+        ApiError::bad_upstream(format!(
             "upstream returned an invalid completion: {}",
             e.message
         ))
-        .with_status(502)
     })?;
-    let choice = completion.choices.into_iter().next().ok_or_else(|| {
-        ApiError::api("upstream returned a completion without choices").with_status(502)
-    })?;
+    let choice =
+        completion.choices.into_iter().next().ok_or_else(|| {
+            ApiError::bad_upstream("upstream returned a completion without choices")
+        })?;
     let msg = choice.message;
     let mut content = Vec::new();
     if let Some(thinking) = reasoning_text(msg.reasoning_content.as_deref(), msg.reasoning.as_ref())
@@ -143,12 +143,12 @@ pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, Ap
     } else if let Some(refusal) = msg.refusal.filter(|t| !t.is_empty()) {
         content.push(ResponseBlock::Text { text: refusal });
     }
-    for (n, call) in msg.tool_calls.into_iter().flatten().enumerate() {
+    for call in msg.tool_calls.into_iter().flatten() {
         content.push(ResponseBlock::ToolUse {
             id: call
                 .id
                 .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| format!("toolu_lynkr_{n}")),
+                .unwrap_or_else(crate::util::ids::tool_use_id),
             input: parse_arguments(&call.function.arguments),
             name: call.function.name,
         });
@@ -176,31 +176,6 @@ pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, Ap
 pub fn message_id(upstream_id: Option<&str>) -> String {
     match upstream_id {
         Some(id) if !id.is_empty() => format!("msg_{id}"),
-        _ => format!("msg_lynkr_{:x}", crate::util::unique_id()),
-    }
-}
-
-/// The message text of an upstream error body: OpenAI's `{"error":{"message"}}`,
-/// a bare `{"error":"..."}` or `{"message":"..."}`, or the raw text.
-pub fn upstream_error_message(body: &[u8]) -> String {
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        let candidates = [
-            v.pointer("/error/message"),
-            v.get("error"),
-            v.get("message"),
-            v.get("detail"),
-        ];
-        for c in candidates.into_iter().flatten() {
-            if let Some(s) = c.as_str() {
-                return s.to_string();
-            }
-        }
-    }
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
-        "upstream returned an error without a body".into()
-    } else {
-        text.chars().take(4096).collect()
+        _ => crate::util::ids::message_id(),
     }
 }

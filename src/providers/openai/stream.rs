@@ -77,6 +77,9 @@ pub struct StreamTranslator {
     sse: Vec<SseEvent>,
     /// OpenAI tool indexes whose block was already closed.
     closed_tools: Vec<u64>,
+    /// Tool calls seen, by the upstream's id, with the index they were
+    /// given: pairs a delta that carries an id but no index with its call.
+    tool_ids: Vec<(String, u64)>,
     finish_reason: Option<String>,
     saw_tool_call: bool,
     usage: Usage,
@@ -99,6 +102,7 @@ impl StreamTranslator {
             parser: SseParser::new(),
             sse: Vec::new(),
             closed_tools: Vec::new(),
+            tool_ids: Vec::new(),
             finish_reason: None,
             saw_tool_call: false,
             usage: Usage::default(),
@@ -109,15 +113,19 @@ impl StreamTranslator {
         self.usage
     }
 
+    pub fn set_input_estimate(&mut self, tokens: u64) {
+        self.events.set_input_estimate(tokens);
+    }
+
     /// Feed upstream bytes; append Anthropic events to `out`. An error means
     /// the stream cannot go on: the caller sends it as `event: error`.
     pub fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) -> Result<Progress, ApiError> {
         if self.events.finished() {
             return Ok(Progress::Done);
         }
-        self.parser.feed(bytes, &mut self.sse).map_err(|_| {
-            ApiError::api("upstream sent an oversized stream event").with_status(502)
-        })?;
+        self.parser
+            .feed(bytes, &mut self.sse)
+            .map_err(|_| ApiError::bad_upstream("upstream sent an oversized stream event"))?;
         let events = std::mem::take(&mut self.sse);
         for event in &events {
             let data = event.data.trim();
@@ -128,9 +136,8 @@ impl StreamTranslator {
                 self.finish(out);
                 break;
             }
-            let chunk: Chunk = serde_json::from_str(data).map_err(|e| {
-                ApiError::api(format!("malformed upstream stream: {e}")).with_status(502)
-            })?;
+            let chunk: Chunk = serde_json::from_str(data)
+                .map_err(|e| ApiError::bad_upstream(format!("malformed upstream stream: {e}")))?;
             self.chunk(chunk, out)?;
         }
         self.sse = events;
@@ -153,10 +160,9 @@ impl StreamTranslator {
             self.finish(out);
             return Ok(());
         }
-        Err(
-            ApiError::api("upstream stream ended before the response was complete")
-                .with_status(502),
-        )
+        Err(ApiError::bad_upstream(
+            "upstream stream ended before the response was complete",
+        ))
     }
 
     fn chunk(&mut self, chunk: Chunk, out: &mut BytesMut) -> Result<(), ApiError> {
@@ -166,8 +172,10 @@ impl StreamTranslator {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
                 .unwrap_or_else(|| err.to_string());
-            let status = err.get("code").and_then(Value::as_u64).unwrap_or(500) as u16;
-            return Err(ApiError::from_upstream_status(status, message));
+            return Err(ApiError::from_upstream_status(
+                stream_error_status(&err),
+                message,
+            ));
         }
         self.events.start(&message_id(chunk.id.as_deref()), out);
         if let Some(usage) = chunk.usage {
@@ -200,8 +208,8 @@ impl StreamTranslator {
             self.open(TEXT, empty_text, out);
             self.events.delta(text_delta(&text), out);
         }
-        for (pos, call) in delta.tool_calls.into_iter().flatten().enumerate() {
-            let index = call.index.unwrap_or(pos) as u64;
+        for call in delta.tool_calls.into_iter().flatten() {
+            let index = self.tool_index(&call);
             let key = BlockKey::new(BlockKind::ToolUse, index);
             let function = call.function.unwrap_or(FunctionDelta {
                 name: None,
@@ -209,18 +217,15 @@ impl StreamTranslator {
             });
             if self.events.open_block() != Some(key) {
                 if self.closed_tools.contains(&index) {
-                    return Err(ApiError::api(format!(
+                    return Err(ApiError::bad_upstream(format!(
                         "upstream interleaved the arguments of tool call {index} with another call"
-                    ))
-                    .with_status(502));
+                    )));
                 }
                 let id = call
                     .id
                     .clone()
                     .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| {
-                        format!("toolu_lynkr_{:x}_{index}", crate::util::unique_id())
-                    });
+                    .unwrap_or_else(crate::util::ids::tool_use_id);
                 let name = function.name.clone().unwrap_or_default();
                 self.open(key, || empty_tool_use(&id, &name), out);
                 self.saw_tool_call = true;
@@ -230,6 +235,64 @@ impl StreamTranslator {
             }
         }
         Ok(())
+    }
+
+    /// Which call a tool delta belongs to: its `index` when it has one;
+    /// else the call with its id; else, with neither, the call being
+    /// streamed (a continuation); a new id without an index is a new call.
+    fn tool_index(&mut self, call: &ToolCallDelta) -> u64 {
+        let id = call.id.as_deref().filter(|i| !i.is_empty());
+        if let Some(index) = call.index {
+            if let Some(id) = id {
+                if !self.tool_ids.iter().any(|(known, _)| known == id) {
+                    self.tool_ids.push((id.to_string(), index as u64));
+                }
+            }
+            return index as u64;
+        }
+        let open = self
+            .events
+            .open_block()
+            .filter(|k| k.kind == BlockKind::ToolUse)
+            .map(|k| k.upstream_index);
+        match id {
+            Some(id) => match self.tool_ids.iter().find(|(known, _)| known == id) {
+                Some((_, index)) => *index,
+                None => {
+                    // Past every index seen, so it cannot collide with one.
+                    let index = self
+                        .tool_ids
+                        .iter()
+                        .map(|(_, i)| i + 1)
+                        .chain(self.closed_tools.iter().map(|i| i + 1))
+                        .chain(open.map(|i| i + 1))
+                        .max()
+                        .unwrap_or(0);
+                    self.tool_ids.push((id.to_string(), index));
+                    index
+                }
+            },
+            None => {
+                let named = call
+                    .function
+                    .as_ref()
+                    .and_then(|f| f.name.as_deref())
+                    .is_some_and(|n| !n.is_empty());
+                match open {
+                    // Arguments for the call being streamed.
+                    Some(i) if !named => i,
+                    // A name starts a new call.
+                    _ => self
+                        .closed_tools
+                        .iter()
+                        .map(|i| i + 1)
+                        .chain(open.map(|i| i + 1))
+                        .chain(self.tool_ids.iter().map(|(_, i)| i + 1))
+                        .max()
+                        .unwrap_or(0),
+                }
+            }
+        }
     }
 
     fn open(&mut self, key: BlockKey, block: impl FnOnce() -> Value, out: &mut BytesMut) {
@@ -256,5 +319,37 @@ impl StreamTranslator {
             stop = StopReason::ToolUse;
         }
         self.events.finish(stop, &self.usage, out);
+    }
+}
+
+/// The HTTP status an OpenAI-style in-stream `error` stands for: a numeric
+/// `code`, else what its `code` or `type` names (`rate_limit_exceeded`,
+/// `server_error`, ...), else 500.
+fn stream_error_status(err: &Value) -> u16 {
+    if let Some(code) = err.get("code").and_then(Value::as_u64) {
+        return u16::try_from(code).unwrap_or(500);
+    }
+    let name = [err.get("code"), err.get("type")]
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase();
+    let has = |s: &str| name.contains(s);
+    if has("rate_limit") || has("quota") {
+        429
+    } else if has("overloaded") || has("unavailable") || has("busy") {
+        503
+    } else if has("auth") || has("api_key") {
+        401
+    } else if has("permission") {
+        403
+    } else if has("not_found") {
+        404
+    } else if has("invalid") || has("context_length") {
+        400
+    } else {
+        500
     }
 }

@@ -1,8 +1,9 @@
 use super::request::{to_chat_request, MISSING_TOOL_RESULT, TOOL_ERROR_PREFIX};
-use super::response::{to_message, upstream_error_message};
+use super::response::to_message;
 use super::stream::{Progress, StreamTranslator};
 use super::*;
 use crate::protocol::anthropic::{ResponseBlock, StopReason};
+use crate::protocol::error::upstream_error_message;
 use crate::protocol::validate::parse_messages_request;
 use crate::test_support::{fixture_body, fixtures_dir};
 use bytes::BytesMut;
@@ -660,9 +661,14 @@ fn reasoning_content_becomes_a_thinking_block_first() {
         json!({"type": "thinking_delta", "thinking": "think"})
     );
     assert_eq!(events[3].1["delta"]["thinking"], "ing");
-    assert_eq!(events[4].0, "content_block_stop");
-    assert_eq!(events[5].1["content_block"]["type"], "text");
-    assert_eq!(events[5].1["index"], 1);
+    // Anthropic clients check that a thinking block is signed before it stops.
+    assert_eq!(
+        events[4].1["delta"],
+        json!({"type": "signature_delta", "signature": ""})
+    );
+    assert_eq!(events[5].0, "content_block_stop");
+    assert_eq!(events[6].1["content_block"]["type"], "text");
+    assert_eq!(events[6].1["index"], 1);
 }
 
 #[test]

@@ -27,7 +27,8 @@ impl Gateway {
     /// Start `lynkr -c <file>` with `providers_and_models` (YAML) added to a
     /// config that listens on a free port; waits until it answers.
     pub fn start(providers_and_models: &str, env: &[(&str, &str)]) -> Gateway {
-        let shutdown = "  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n";
+        let shutdown =
+            "  grace_period_seconds: 1\n  drain_ms: 500\n  graceful_shutdown_timeout_seconds: 1\n";
         Self::start_with_server(shutdown, providers_and_models, env)
     }
 
