@@ -63,5 +63,42 @@ fn stream(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, request, stream);
+/// One 1 MiB event (SSE) or line (NDJSON), fed in 1-byte and 1 KiB
+/// chunks: linear parsers cost about the same per byte either way.
+fn parsers(c: &mut Criterion) {
+    use lynkr::protocol::sse::SseParser;
+    use lynkr::util::lines::LineReader;
+    let event = format!("data: {}\n\n", "x".repeat(1 << 20));
+    let line = format!("{}\n", "y".repeat(1 << 20));
+    let mut g = c.benchmark_group("parsers_1mib");
+    g.sample_size(10);
+    for chunk in [1usize, 1024] {
+        g.bench_function(format!("sse_event_in_{chunk}_byte_chunks"), |b| {
+            b.iter(|| {
+                let mut p = SseParser::new();
+                let mut out = Vec::new();
+                for piece in event.as_bytes().chunks(chunk) {
+                    p.feed(piece, &mut out).unwrap();
+                }
+                black_box(out.len())
+            })
+        });
+        g.bench_function(format!("ndjson_line_in_{chunk}_byte_chunks"), |b| {
+            b.iter(|| {
+                let mut r = LineReader::new();
+                let mut n = 0;
+                for piece in line.as_bytes().chunks(chunk) {
+                    r.push(piece);
+                    while r.next_line().is_some() {
+                        n += 1;
+                    }
+                }
+                black_box(n)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, request, stream, parsers);
 criterion_main!(benches);

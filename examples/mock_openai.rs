@@ -1,6 +1,9 @@
-//! A minimal, fast OpenAI Chat Completions server for the load benchmark
-//! (`scripts/loadbench.sh`): HTTP/1.1 keep-alive, a fixed completion for
-//! every request. `cargo run --release --example mock_openai -- 127.0.0.1:19100`
+//! A minimal, fast OpenAI Chat Completions server for the load benchmarks
+//! (`scripts/loadbench.sh`, `scripts/stream-rss.sh`): HTTP/1.1 keep-alive, a
+//! fixed completion for every request, or, for `"stream": true`, a chunked
+//! SSE stream of `MOCK_STREAM_CHUNKS` chunks (default 20) sent
+//! `MOCK_STREAM_GAP_MS` apart (default 0).
+//! `cargo run --release --example mock_openai -- 127.0.0.1:19100`
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -17,6 +20,14 @@ async fn main() {
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
         BODY.len()
     );
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let chunks = env("MOCK_STREAM_CHUNKS", 20);
+    let gap = std::time::Duration::from_millis(env("MOCK_STREAM_GAP_MS", 0));
     loop {
         let (mut sock, _) = listener.accept().await.expect("accept");
         sock.set_nodelay(true).ok();
@@ -47,11 +58,49 @@ async fn main() {
                         Ok(n) => buf.extend_from_slice(&tmp[..n]),
                     }
                 }
+                let stream = buf[head_end..head_end + len]
+                    .windows(13)
+                    .any(|w| w == b"\"stream\":true");
                 buf.drain(..head_end + len);
-                if sock.write_all(response.as_bytes()).await.is_err() {
+                if stream {
+                    if write_stream(&mut sock, chunks, gap).await.is_err() {
+                        return;
+                    }
+                } else if sock.write_all(response.as_bytes()).await.is_err() {
                     return;
                 }
             }
         });
     }
+}
+
+/// A chunked SSE answer: `chunks` content deltas, then the finish, usage
+/// and `[DONE]`.
+async fn write_stream(
+    sock: &mut tokio::net::TcpStream,
+    chunks: u64,
+    gap: std::time::Duration,
+) -> std::io::Result<()> {
+    let chunk = |data: String| {
+        let event = format!("data: {data}\n\n");
+        format!("{:x}\r\n{event}\r\n", event.len())
+    };
+    sock.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    )
+    .await?;
+    for i in 0..chunks {
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        let data = format!(
+            r#"{{"id":"c","object":"chat.completion.chunk","choices":[{{"index":0,"delta":{{"content":"word{i} "}},"finish_reason":null}}]}}"#
+        );
+        sock.write_all(chunk(data).as_bytes()).await?;
+    }
+    let end = chunk(r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#.into())
+        + &chunk(r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":20,"total_tokens":32}}"#.into())
+        + &chunk("[DONE]".into())
+        + "0\r\n\r\n";
+    sock.write_all(end.as_bytes()).await
 }

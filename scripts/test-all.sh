@@ -2,6 +2,7 @@
 # Runs every test, installing what the tests need first:
 #   cmake (Pingora's build); prometheus and promtool (Debian package
 #   `prometheus`: the real-scrape test and the alert rules check);
+#   systemd-analyze (Debian package `systemd`: the unit file check);
 #   the Anthropic Python SDK (pip), the Claude Code CLI (npm, into target/claude-code).
 # Then: formatting, clippy, and all test targets (unit, integration, benches in test mode).
 set -euo pipefail
@@ -12,6 +13,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"

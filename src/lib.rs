@@ -15,3 +15,6 @@ pub mod util;
 
 #[doc(hidden)]
 pub mod test_support;
+
+#[cfg(test)]
+mod properties;

@@ -80,6 +80,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     /// Set at scrape time from the gateway's own state.
     pub in_flight: IntGauge,
+    pub body_bytes_held: IntGauge,
     pub breaker_state: IntGaugeVec,
     pub endpoint_healthy: IntGaugeVec,
     state: Mutex<State>,
@@ -216,7 +217,15 @@ impl Metrics {
         for reason in REJECT_REASONS {
             rejected.with_label_values(&[reason]);
         }
+        let body_bytes_held = IntGauge::new(
+            "http_request_body_bytes_held",
+            "Request body bytes held now over all requests (bounded by limits.max_buffered_bytes).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(body_bytes_held.clone()))
+            .expect("unique metric");
         Metrics {
+            body_bytes_held,
             rejected,
             requests: counter(
                 &r,

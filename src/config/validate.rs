@@ -146,14 +146,6 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
             "must be at least limits.max_body_bytes",
         ));
     }
-    if let Some(g) = c.server.grace_period_seconds {
-        if g.saturating_mul(1000) < c.server.drain_ms {
-            p.push(Problem::new(
-                "server.grace_period_seconds",
-                "must cover server.drain_ms",
-            ));
-        }
-    }
     if c.limits.max_response_bytes == 0 {
         p.push(Problem::new(
             "limits.max_response_bytes",

@@ -25,6 +25,10 @@ use pingora_http::ResponseHeader;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a connection answered before its body was read keeps reading
+/// (and dropping) that body before it closes.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// Longest request target (path and query) accepted.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
@@ -67,12 +71,19 @@ impl HttpServerApp for LynkrApp {
         } else {
             session.set_keepalive(Some(gw.client_idle.as_secs().max(1)));
         }
-        // Per-read timeout on the body; `body::read` bounds the whole body.
-        session.set_read_timeout(Some(gw.client_read));
+        // `body::read` bounds the whole body by client_read_ms; Pingora's
+        // per-read timeout must not fire first.
+        session.set_read_timeout(Some(gw.client_read + LINGER));
         let mut ctx = RequestCtx::default();
         gw.serve(&mut session, &mut ctx, self.admin).await;
         gw.log(&session, &ctx);
         drop(ctx);
+        if !session.is_body_done() {
+            // Answered before its body was read (413, 529, 408): read and
+            // drop what the client still sends for a moment, so closing
+            // does not reset the connection before it reads the answer.
+            let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
+        }
         let settings = HttpPersistentSettings::for_session(&session);
         match session.finish().await {
             Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
@@ -117,9 +128,14 @@ async fn read_head(gw: &Gateway, session: &mut ServerSession, shutdown: &Shutdow
             Head::Request
         }
         Ok(Ok(false)) => Head::Gone,
-        Ok(Err(e)) if matches!(e.etype(), ErrorType::InvalidHTTPHeader) => Head::Bad(
-            ApiError::invalid(format!("request head: not a valid HTTP request: {e}")),
-        ),
+        // Pingora's parser refused it (its context may quote the whole
+        // head, so it goes to the debug log only).
+        Ok(Err(e)) if matches!(e.etype(), ErrorType::InvalidHTTPHeader) => {
+            tracing::debug!(error = %e, "invalid request head");
+            Head::Bad(ApiError::invalid(format!(
+                "request head: not a valid HTTP/1.1 request head (a malformed line, or a request target over {MAX_URI_BYTES} bytes)"
+            )))
+        }
         Ok(Err(_)) => Head::Gone,
     }
 }

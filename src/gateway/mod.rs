@@ -93,10 +93,12 @@ impl Gateway {
                 .iter()
                 .filter_map(|p| Some((p.name.clone(), p.pool.clone()?)))
                 .collect(),
-            drain: Arc::new(Drain::new(
-                Duration::from_millis(config.server.drain_ms),
-                Duration::from_secs(config.server.grace_seconds(t)),
-            )),
+            drain: {
+                // The drain window cannot outlast the grace period.
+                let grace = Duration::from_secs(config.server.grace_seconds(t));
+                let window = Duration::from_millis(config.server.drain_ms).min(grace);
+                Arc::new(Drain::new(window, grace))
+            },
             redactor: Redactor::new(providers.iter().flat_map(|p| p.secrets())),
         })
     }

@@ -72,6 +72,7 @@ pub async fn prometheus(
 ) -> Result<(), ApiError> {
     let m = &gw.metrics;
     m.in_flight.set(gw.shedder.in_flight() as i64);
+    m.body_bytes_held.set(gw.body_budget.used() as i64);
     for (name, breaker) in &gw.breakers {
         let now = breaker.snapshot().state;
         for (state, label) in [

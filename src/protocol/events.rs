@@ -42,6 +42,8 @@ pub struct EventWriter {
     model: String,
     input_estimate: u64,
     started: bool,
+    /// The message id, until `message_start` is written.
+    pending_start: Option<String>,
     open: Option<BlockKey>,
     /// Whether the open thinking block got its `signature_delta`.
     signed: bool,
@@ -56,6 +58,7 @@ impl EventWriter {
             model: model.into(),
             input_estimate: 0,
             started: false,
+            pending_start: None,
             open: None,
             signed: false,
             next_index: 0,
@@ -76,12 +79,22 @@ impl EventWriter {
         self.open
     }
 
-    /// `message_start`, once.
-    pub fn start(&mut self, id: &str, out: &mut BytesMut) {
+    /// The message began. `message_start` is written with the first block
+    /// (or the end): until the provider sends content, nothing has reached
+    /// the client, so an error it sends first can still fail over.
+    pub fn start(&mut self, id: &str, _out: &mut BytesMut) {
         if self.started {
             return;
         }
         self.started = true;
+        self.pending_start = Some(id.to_string());
+    }
+
+    /// Write a pending `message_start`.
+    fn flush_start(&mut self, out: &mut BytesMut) {
+        let Some(id) = self.pending_start.take() else {
+            return;
+        };
         write_event(
             out,
             "message_start",
@@ -100,6 +113,7 @@ impl EventWriter {
             return;
         }
         self.close(out);
+        self.flush_start(out);
         write_event(
             out,
             "content_block_start",
@@ -151,6 +165,7 @@ impl EventWriter {
     /// Close any open block, then `message_delta` and `message_stop`.
     pub fn finish(&mut self, stop: StopReason, usage: &Usage, out: &mut BytesMut) {
         self.close(out);
+        self.flush_start(out);
         write_event(
             out,
             "message_delta",

@@ -10,6 +10,9 @@
 //! - encrypted content (search result pages) is left out;
 //! - references only Anthropic can resolve (Files API ids, container
 //!   uploads) become a one-line note, or are left out for uploads;
+//! - media a provider cannot take (a document by URL, an image by URL for
+//!   Bedrock and Ollama, a PDF for Ollama) becomes a one-line note naming
+//!   it, rather than refusing the whole conversation;
 //! - a block type this build does not know is left out.
 
 use super::anthropic::{ContentBlock, MediaSource, SearchResult, ToolResultBlock};
@@ -94,6 +97,12 @@ pub fn tool_result_block_text(block: &ToolResultBlock) -> Option<Cow<'_, str>> {
     }
 }
 
+/// The note that stands for media a provider cannot take.
+pub fn media_note(what: &str, title: Option<&str>, reference: &str) -> String {
+    let title = title.map(|t| format!(" {t:?}")).unwrap_or_default();
+    format!("[{what}{title}: {reference}, not available to this model]")
+}
+
 fn search_result_text(r: &SearchResult) -> String {
     let mut out = format!("[search result] {}", r.title);
     if !r.source.is_empty() {
@@ -107,8 +116,7 @@ fn search_result_text(r: &SearchResult) -> String {
 }
 
 fn unavailable_file(what: &str, title: Option<&str>, file_id: &str) -> String {
-    let title = title.map(|t| format!(" {t:?}")).unwrap_or_default();
-    format!("[{what}{title}: Anthropic file {file_id}, not available to this model]")
+    media_note(what, title, &format!("Anthropic file {file_id}"))
 }
 
 fn web_search_text(content: &Value) -> String {

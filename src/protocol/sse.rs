@@ -28,6 +28,9 @@ pub struct SseParser {
     event: Option<String>,
     data: String,
     has_data: bool,
+    /// Bytes looked at by the line search, for the linearity test.
+    #[cfg(test)]
+    examined: usize,
 }
 
 /// A single SSE event larger than this is a protocol error.
@@ -48,6 +51,10 @@ impl SseParser {
         let buf = std::mem::take(&mut self.buf);
         let mut i = self.scanned;
         while let Some(off) = buf[i..].iter().position(|&b| b == b'\n' || b == b'\r') {
+            #[cfg(test)]
+            {
+                self.examined += off + 1;
+            }
             let end = i + off;
             let mut next = end + 1;
             // A `\r\n` pair is one line end; a lone `\r` at the buffer's end
@@ -62,6 +69,10 @@ impl SseParser {
             self.line(&buf[self.pos..end], out);
             self.pos = next;
             i = next;
+        }
+        #[cfg(test)]
+        {
+            self.examined += buf.len().saturating_sub(i);
         }
         self.buf = buf;
         // Everything up to a pending `\r` (or the end) has been scanned.
@@ -210,6 +221,26 @@ mod tests {
         assert!(p.has_partial());
         let big = vec![b'x'; MAX_EVENT_BYTES + 1];
         assert_eq!(p.feed(&big, &mut out), Err(SseTooLarge));
+    }
+
+    /// Regression: the pending partial line was scanned again from its start
+    /// on every read, so a 16 MiB event in small chunks cost O(n^2).
+    #[test]
+    fn a_large_event_in_tiny_chunks_is_scanned_once() {
+        let event = format!("data: {}\n\n", "x".repeat(256 * 1024));
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for b in event.as_bytes().chunks(1) {
+            p.feed(b, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].data.len(), 256 * 1024);
+        assert!(
+            p.examined <= 2 * event.len(),
+            "{} bytes examined for {} of input",
+            p.examined,
+            event.len()
+        );
     }
 
     #[test]

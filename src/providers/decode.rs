@@ -85,6 +85,21 @@ impl Decoder {
         Decoder { inner }
     }
 
+    /// A decoder with plain options, for tests of the translators.
+    #[cfg(test)]
+    pub fn for_tests(kind: ProviderKind, streamed: bool, client_stream: bool) -> Decoder {
+        Decoder::new(
+            kind,
+            streamed,
+            DecoderOptions {
+                client_model: "m",
+                client_stream,
+                input_estimate: 10,
+                max_response_bytes: 1 << 20,
+            },
+        )
+    }
+
     /// Whether the answer is relayed as it arrives (else it is written at
     /// its end, all at once).
     pub fn streams(&self) -> bool {

@@ -11,6 +11,9 @@ pub struct LineReader {
     pos: usize,
     /// Bytes of `buf` known to hold no newline after `pos`.
     scanned: usize,
+    /// Bytes looked at by the newline search, for the linearity test.
+    #[cfg(test)]
+    examined: usize,
 }
 
 impl LineReader {
@@ -30,7 +33,12 @@ impl LineReader {
     /// The next complete line, without its `\n` (a `\r` before it stays).
     pub fn next_line(&mut self) -> Option<&[u8]> {
         let from = self.scanned.max(self.pos);
-        match self.buf[from..].iter().position(|&b| b == b'\n') {
+        let found = self.buf[from..].iter().position(|&b| b == b'\n');
+        #[cfg(test)]
+        {
+            self.examined += found.map_or(self.buf.len() - from, |off| off + 1);
+        }
+        match found {
             Some(off) => {
                 let (start, end) = (self.pos, from + off);
                 self.pos = end + 1;
@@ -62,6 +70,23 @@ impl LineReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: Ollama's reader searched the pending line from its start
+    /// on every read (and copied each line): O(n^2) in small chunks.
+    #[test]
+    fn a_long_line_in_tiny_chunks_is_scanned_once() {
+        let line = format!("{}\n", "y".repeat(256 * 1024));
+        let mut r = LineReader::new();
+        let mut n = 0;
+        for b in line.as_bytes().chunks(1) {
+            r.push(b);
+            while r.next_line().is_some() {
+                n += 1;
+            }
+        }
+        assert_eq!(n, 1);
+        assert!(r.examined <= 2 * line.len(), "{} examined", r.examined);
+    }
 
     #[test]
     fn lines_across_chunks() {

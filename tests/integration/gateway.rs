@@ -519,7 +519,7 @@ async fn original_lynkr_environment_alone_serves_requests() {
 
 /// Run the built binary to completion: (exit code, stdout, stderr).
 fn lynkr(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lynkr"))
+    let out = std::process::Command::new(lynkr_bin())
         .args(args)
         .envs(env.iter().copied())
         .env("PORT", free_port().to_string())

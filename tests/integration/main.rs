@@ -3,6 +3,7 @@
 
 mod claude_code;
 mod common;
+mod correctness;
 mod gateway;
 mod operations;
 mod pools;

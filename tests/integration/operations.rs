@@ -32,7 +32,10 @@ async fn slow_stream_mock(pieces: usize, gap: Duration) -> MockUpstream {
 
 /// A streamed request read to its end: whether it ended with `message_stop`.
 async fn full_stream(base: String) -> Result<usize, String> {
-    let r = client()
+    let r = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
         .post(format!("{base}/v1/messages"))
         .json(&simple_request(true))
         .send()
@@ -89,10 +92,18 @@ async fn upgrade_hands_over_the_sockets_without_losing_a_request() {
     let streams: Vec<_> = (0..4)
         .map(|_| tokio::spawn(full_stream(old.base.clone())))
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        eventually(Duration::from_secs(5), || mock
+            .requests()
+            .iter()
+            .filter(|r| r.body["stream"] == true)
+            .count()
+            == 4)
+        .await
+    );
 
     let new = old.start_upgrade(&[MOCK_KEY]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(new.log_contains("Bootstrap starting"));
     old.signal("-QUIT");
     // The old process keeps its sockets open for 5 s after handing them
     // over, then stops accepting; load continues past that into the new one.
@@ -132,7 +143,8 @@ async fn sigterm_stops_accepting_and_lets_streams_finish() {
     let streams: Vec<_> = (0..3)
         .map(|_| tokio::spawn(full_stream(gw.base.clone())))
         .collect();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // All three are under way once the upstream has them.
+    assert!(eventually(Duration::from_secs(5), || mock.requests().len() == 3).await);
     gw.signal("-TERM");
     assert!(gw.log_contains("readiness now fails"));
     // Not ready: a prober's new connection is refused (or answered 503).
@@ -215,7 +227,7 @@ async fn a_real_prometheus_scrapes_lynkr() {
     let mock = slow_stream_mock(3, Duration::from_millis(1)).await;
     let admin_port = free_port();
     let server = format!(
-        "  admin_listen: \"127.0.0.1:{admin_port}\"\n  grace_period_seconds: 1\n  drain_ms: 500\n  graceful_shutdown_timeout_seconds: 1\n"
+        "  admin_listen: \"127.0.0.1:{admin_port}\"\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n"
     );
     let providers = openai_provider(mock.addr).replace(
         "    model: gpt-mock\n",
@@ -380,11 +392,20 @@ async fn a_real_prometheus_scrapes_lynkr() {
 
 #[test]
 fn the_systemd_unit_verifies() {
-    let Some(analyze) = which("systemd-analyze") else {
-        eprintln!("systemd-analyze not found: the unit is not verified on this machine");
-        return;
-    };
+    let analyze = which("systemd-analyze")
+        .expect("systemd-analyze is not installed (Debian package `systemd`; scripts/test-all.sh installs it)");
     let unit = std::fs::read_to_string(repo_root().join("conf/systemd/lynkr.service")).unwrap();
+    // systemd must never stop the service before the gateway's own grace
+    // period (which covers the longest stream) and final shutdown are over.
+    let defaults = lynkr::config::Config::from_yaml(lynkr::config::DEFAULT_YAML).unwrap();
+    let needed = defaults.server.grace_seconds(&defaults.timeouts)
+        + defaults.server.graceful_shutdown_timeout_seconds;
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("TimeoutStopSec in seconds");
+    assert!(stop > needed, "TimeoutStopSec={stop} must exceed {needed}");
     assert!(unit.contains("ExecReload=/bin/kill -QUIT $MAINPID"));
     assert!(unit.contains("ExecReload=/usr/local/bin/lynkr -u -d"));
     for directive in [
@@ -399,7 +420,7 @@ fn the_systemd_unit_verifies() {
     let path = dir.join("lynkr.service");
     std::fs::write(
         &path,
-        unit.replace("/usr/local/bin/lynkr", env!("CARGO_BIN_EXE_lynkr")),
+        unit.replace("/usr/local/bin/lynkr", lynkr_bin().to_str().unwrap()),
     )
     .unwrap();
     let out = Command::new(analyze)
@@ -501,5 +522,200 @@ async fn readiness_and_the_summary_follow_the_traffic() {
     let log = gw.log();
     for secret in ["client-secret-key", "client-secret-token", "sk-test-key"] {
         assert!(!log.contains(secret), "{secret} in the log");
+    }
+}
+
+// ---- upgrades that lose nothing ----------------------------------------------------------
+
+/// Reproduced: a stream of one chunk a second for 60 s stopped after chunk
+/// 38 when an upgrade began 4 s in (5 s handoff plus the old 30 s grace),
+/// with no `message_stop` and no `event: error`. The grace now defaults
+/// from the longest request the gateway allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_lets_a_stream_outlive_the_old_grace_period() {
+    let mock = slow_stream_mock(40, Duration::from_secs(1)).await;
+    // Default shutdown settings: the grace period follows from them.
+    let mut old = Gateway::start_with_server("", &openai_provider(mock.addr), &[MOCK_KEY]);
+    let stream = tokio::spawn(full_stream(old.base.clone()));
+    // The stream is under way once the upstream has it.
+    assert!(eventually(Duration::from_secs(10), || !mock.requests().is_empty()).await);
+    let new = old.start_upgrade(&[MOCK_KEY]);
+    assert!(new.log_contains("Bootstrap starting"));
+    old.signal("-QUIT");
+    let events = stream.await.unwrap().unwrap_or_else(|e| {
+        panic!(
+            "the stream completes across the upgrade: {e}\nold:\n{}\nnew:\n{}",
+            old.log(),
+            new.log()
+        )
+    });
+    assert!(events > 40, "{events} events");
+    let status = old.wait_exit(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the old process exits once its stream is done: {status:?}"
+    );
+    assert!(old.log().contains("nothing in flight, exiting"));
+}
+
+/// A stream that must still be cut when the grace period ends gets an
+/// `overloaded_error` event, which clients retry: never a silent truncation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_at_the_end_of_the_grace_gets_an_error_event() {
+    let mock = slow_stream_mock(40, Duration::from_millis(250)).await;
+    let server =
+        "  grace_period_seconds: 3\n  drain_ms: 500\n  graceful_shutdown_timeout_seconds: 1\n";
+    let mut gw = Gateway::start_with_server(server, &openai_provider(mock.addr), &[MOCK_KEY]);
+    let r = client()
+        .post(gw.url("/v1/messages"))
+        .json(&simple_request(true))
+        .send()
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || !mock.requests().is_empty()).await);
+    gw.signal("-TERM");
+    let body = r.text().await.unwrap();
+    let events = sse_events(&body);
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error", "{body}");
+    assert_eq!(data["error"]["type"], "overloaded_error");
+    assert!(events.iter().any(|(n, _)| n == "content_block_delta"));
+    let status = gw.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// Outcome of a keep-alive load: requests answered, failures seen.
+#[derive(Default, Debug)]
+struct LoadOutcome {
+    ok: usize,
+    reconnects: usize,
+    failures: Vec<String>,
+}
+
+/// `clients` connections, each sending requests back to back on one
+/// kept-alive connection, and opening a new one only when the server said
+/// `Connection: close`, until `stop`. A request with no answer is a failure.
+fn keepalive_load(
+    port: u16,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<LoadOutcome>> {
+    (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut out = LoadOutcome::default();
+                let request = raw_post(&simple_request(false));
+                let mut conn = None;
+                // Bounded: at most 200k requests per client.
+                for _ in 0..200_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if conn.is_none() {
+                        match RawConn::connect(("127.0.0.1", port)).await {
+                            Ok(c) => conn = Some(c),
+                            Err(e) => {
+                                out.failures.push(format!("connect: {e}"));
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                        }
+                    }
+                    let c = conn.as_mut().unwrap();
+                    let answer = async {
+                        c.send(&request).await?;
+                        c.read_response().await
+                    };
+                    match tokio::time::timeout(Duration::from_secs(10), answer).await {
+                        Ok(Ok(r)) if r.status == 200 => {
+                            out.ok += 1;
+                            if r.closes() {
+                                out.reconnects += 1;
+                                conn = None;
+                            }
+                        }
+                        Ok(Ok(r)) => {
+                            out.failures.push(format!("status {}", r.status));
+                            conn = None;
+                        }
+                        Ok(Err(e)) => {
+                            out.failures.push(format!("no answer: {e}"));
+                            conn = None;
+                        }
+                        Err(_) => {
+                            out.failures.push("timed out".into());
+                            conn = None;
+                        }
+                    }
+                }
+                out
+            })
+        })
+        .collect()
+}
+
+/// Reproduced 4 times out of 4: under load over kept-alive connections, an
+/// upgrade lost 1-8 requests, because the old process closed idle
+/// connections just as their clients sent on them. Now every old connection
+/// is answered with `Connection: close` through the drain window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_under_keepalive_load_lose_no_request() {
+    let mock = MockUpstream::start(|_| Reply::Json {
+        status: 200,
+        body: completion_json("fine", "stop", Value::Null),
+        headers: vec![],
+    })
+    .await;
+    // Default shutdown settings (a 5 s drain window).
+    let mut current = Gateway::start_with_server("", &openai_provider(mock.addr), &[MOCK_KEY]);
+    let port = current.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = keepalive_load(port, 8, stop.clone());
+    let mut old_ones = Vec::new();
+    // Three handoffs in a row, each under the same load.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let next = current.start_upgrade(&[MOCK_KEY]);
+        assert!(next.log_contains("Bootstrap starting"));
+        current.signal("-QUIT");
+        let old = std::mem::replace(&mut current, next);
+        // Pingora's 5 s handoff, then the old process drains (5 s).
+        assert!(
+            eventually(Duration::from_secs(15), || old
+                .log()
+                .contains("Graceful shutdown started!"))
+            .await
+        );
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        old_ones.push(old);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut total = LoadOutcome::default();
+    for h in load {
+        let o = h.await.unwrap();
+        total.ok += o.ok;
+        total.reconnects += o.reconnects;
+        total.failures.extend(o.failures);
+    }
+    assert!(
+        total.failures.is_empty(),
+        "lost requests: {:?} (of {} ok)",
+        total.failures,
+        total.ok
+    );
+    assert!(total.ok > 1000, "{total:?}");
+    assert!(
+        total.reconnects >= 8,
+        "old connections were closed with Connection: close: {total:?}"
+    );
+    for mut old in old_ones {
+        let status = tokio::task::spawn_blocking(move || old.wait_exit(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "an old process exits once drained: {status:?}"
+        );
     }
 }

@@ -215,7 +215,8 @@ async fn load_shedding_keeps_health_answering_and_loses_nothing() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Two are in flight once the upstream has them.
+    assert!(eventually(Duration::from_secs(5), || mock.requests().len() >= 2).await);
     // Under overload the health endpoint still answers.
     let live = client().get(gw.url("/health/live")).send().await.unwrap();
     assert_eq!(live.status(), 200);
@@ -266,7 +267,7 @@ async fn background_requests_are_shed_first() {
             .unwrap()
             .status()
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(eventually(Duration::from_secs(5), || mock.requests().len() == 1).await);
     let mut haiku = simple_request(false);
     haiku["model"] = json!("claude-haiku-4-5");
     let resp = post(&gw, &haiku).await;
@@ -316,7 +317,7 @@ async fn rate_limits_per_key() {
     };
     // In flight: a second concurrent request of the same key is refused.
     let first = tokio::spawn(send("key-a", "slow"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(eventually(Duration::from_secs(5), || mock.requests().len() == 1).await);
     let resp = send("key-a", "x").await;
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "1");

@@ -138,6 +138,7 @@ pub fn to_converse(
     if messages.first().is_some_and(|(r, _)| *r == Role::Assistant) {
         messages.insert(0, (Role::User, vec![json!({"text": "."})]));
     }
+    pair_tool_results(&mut messages);
     let mut body = json!({
         "messages": messages.into_iter().map(|(r, c)| json!({
             "role": if r == Role::Assistant { "assistant" } else { "user" },
@@ -197,6 +198,88 @@ pub fn to_converse(
     Ok(body)
 }
 
+/// Converse wants every `toolUse` of an assistant turn answered by a
+/// `toolResult` in the next user turn, once, and no other `toolResult`:
+/// a result for no open call becomes text, a call with no result is
+/// answered with the placeholder the OpenAI translation uses, and the
+/// results go first in their turn.
+fn pair_tool_results(messages: &mut Vec<(Role, Vec<Value>)>) {
+    let use_id = |b: &Value| {
+        b.pointer("/toolUse/toolUseId")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let result_id = |b: &Value| {
+        b.pointer("/toolResult/toolUseId")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let placeholder = |id: &str| json!({"toolResult": {"toolUseId": id, "content": [{"text": super::openai::request::MISSING_TOOL_RESULT}]}});
+    let mut i = 0;
+    while i < messages.len() {
+        let pending: Vec<String> = if messages[i].0 == Role::Assistant {
+            messages[i].1.iter().filter_map(use_id).collect()
+        } else {
+            Vec::new()
+        };
+        // The turn after: a user turn (one is added when there is none).
+        let next = i + 1;
+        if pending.is_empty() {
+            i += 1;
+            continue;
+        }
+        if next == messages.len() || messages[next].0 != Role::User {
+            messages.insert(next, (Role::User, Vec::new()));
+        }
+        let content = std::mem::take(&mut messages[next].1);
+        let mut results = Vec::new();
+        let mut rest = Vec::new();
+        let mut answered: Vec<String> = Vec::new();
+        for b in content {
+            match result_id(&b) {
+                Some(id) if pending.contains(&id) && !answered.contains(&id) => {
+                    answered.push(id);
+                    results.push(b);
+                }
+                Some(id) => {
+                    rest.push(json!({"text": format!("[tool result {id}] {}", result_text(&b))}))
+                }
+                None => rest.push(b),
+            }
+        }
+        for id in pending.iter().filter(|id| !answered.contains(id)) {
+            results.push(placeholder(id));
+        }
+        results.extend(rest);
+        messages[next].1 = results;
+        i = next + 1;
+    }
+    // A user turn with results for no call before it: those become text.
+    for k in 0..messages.len() {
+        let after_calls = k > 0
+            && messages[k - 1].0 == Role::Assistant
+            && messages[k - 1].1.iter().any(|b| use_id(b).is_some());
+        if messages[k].0 == Role::User && !after_calls {
+            for b in messages[k].1.iter_mut() {
+                if let Some(id) = result_id(b) {
+                    *b = json!({"text": format!("[tool result {id}] {}", result_text(b))});
+                }
+            }
+        }
+    }
+}
+
+/// The text of a `toolResult`'s content, for one turned into text.
+fn result_text(b: &Value) -> String {
+    b.pointer("/toolResult/content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn image_format(media_type: &str) -> &str {
     media_type.strip_prefix("image/").unwrap_or(media_type)
 }
@@ -220,14 +303,11 @@ fn block(b: &ContentBlock, path: &str) -> Result<Option<Value>, ApiError> {
             title,
         } => Some(json!({"document": {"format": "pdf",
                 "name": title.as_deref().unwrap_or("document"), "source": {"bytes": data}}})),
+        // Converse takes media by value only: a URL becomes a note.
         ContentBlock::Document {
-            source: MediaSource::Url { .. },
-            ..
-        } => {
-            return Err(ApiError::invalid(format!(
-                "{path}.source.type: Bedrock takes documents as base64, not URLs"
-            )))
-        }
+            source: MediaSource::Url { url },
+            title,
+        } => Some(json!({"text": readable::media_note("document", title.as_deref(), url)})),
         ContentBlock::ToolUse { id, name, input } => {
             Some(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}))
         }
@@ -286,8 +366,9 @@ fn image(source: &MediaSource, path: &str) -> Result<Value, ApiError> {
         MediaSource::Base64 { media_type, data } => {
             Ok(json!({"image": {"format": image_format(media_type), "source": {"bytes": data}}}))
         }
+        MediaSource::Url { url } => Ok(json!({"text": readable::media_note("image", None, url)})),
         _ => Err(ApiError::invalid(format!(
-            "{path}.source.type: Bedrock takes images as base64 only"
+            "{path}.source.type: an image takes a base64 or URL source"
         ))),
     }
 }

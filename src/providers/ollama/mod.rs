@@ -17,6 +17,7 @@ use crate::protocol::events::{
     empty_text, empty_thinking, empty_tool_use, input_json_delta, text_delta, thinking_delta,
     BlockKey, BlockKind, EventWriter,
 };
+use crate::protocol::readable;
 use crate::protocol::validate::parse_json;
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
@@ -149,7 +150,8 @@ fn message<'a>(role: &'static str, content: Cow<'a, str>) -> OllamaMessage<'a> {
     }
 }
 
-/// Ollama takes text plus a list of base64 images (no URLs, no files).
+/// Ollama takes text plus a list of base64 images. Image URLs and PDF
+/// documents, which it cannot take, become notes in the text.
 fn user_message(content: UserContent<'_>) -> Result<OllamaMessage<'_>, ApiError> {
     let parts = match content {
         UserContent::Text(t) => return Ok(message("user", t)),
@@ -164,17 +166,17 @@ fn user_message(content: UserContent<'_>) -> Result<OllamaMessage<'_>, ApiError>
                 Some((_, data)) if image_url.url.starts_with("data:") => {
                     images.push(data.to_string())
                 }
-                _ => {
-                    return Err(ApiError::invalid(
-                        "messages: Ollama takes images as base64 only, not URLs",
-                    ))
-                }
+                _ => texts.push(Cow::Owned(readable::media_note(
+                    "image",
+                    None,
+                    &image_url.url,
+                ))),
             },
-            Part::File { .. } => {
-                return Err(ApiError::invalid(
-                    "messages: Ollama does not take PDF documents",
-                ))
-            }
+            Part::File { file } => texts.push(Cow::Owned(readable::media_note(
+                "PDF document",
+                Some(file.filename),
+                "sent as a file",
+            ))),
         }
     }
     let mut msg = message("user", Cow::Owned(texts.join("\n")));

@@ -495,9 +495,10 @@ fn document_part<'a>(
                 file_data: format!("data:{media_type};base64,{data}"),
             },
         }),
-        MediaSource::Url { .. } => Err(ApiError::invalid(format!(
-            "{path}.source.type: URL documents are not supported by OpenAI-compatible providers; send the document as base64"
-        ))),
+        // Chat Completions takes no document URL: the model gets a note.
+        MediaSource::Url { url } => Ok(Part::Text {
+            text: Cow::Owned(readable::media_note("document", title, url)),
+        }),
         _ => Err(ApiError::invalid(format!(
             "{path}.source.type: this document source cannot be sent to OpenAI-compatible providers"
         ))),

@@ -21,14 +21,15 @@ pub struct Gateway {
     pub port: u16,
     pub base: String,
     pub dir: PathBuf,
+    /// The configuration file it runs with (an upgrade reuses it).
+    config: Option<PathBuf>,
 }
 
 impl Gateway {
     /// Start `lynkr -c <file>` with `providers_and_models` (YAML) added to a
     /// config that listens on a free port; waits until it answers.
     pub fn start(providers_and_models: &str, env: &[(&str, &str)]) -> Gateway {
-        let shutdown =
-            "  grace_period_seconds: 1\n  drain_ms: 500\n  graceful_shutdown_timeout_seconds: 1\n";
+        let shutdown = "  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n";
         Self::start_with_server(shutdown, providers_and_models, env)
     }
 
@@ -52,14 +53,16 @@ impl Gateway {
         );
         let path = dir.join("lynkr.yaml");
         std::fs::write(&path, config).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lynkr"));
+        let mut cmd = Command::new(lynkr_bin());
         cmd.arg("-c").arg(&path);
-        Self::spawn(cmd, port, dir, env)
+        let mut gw = Self::spawn(cmd, port, dir, env);
+        gw.config = Some(path);
+        gw
     }
 
     /// Start `lynkr` with no config file, only the environment.
     pub fn start_env_only(env: &[(&str, &str)], port: u16) -> Gateway {
-        let cmd = Command::new(env!("CARGO_BIN_EXE_lynkr"));
+        let cmd = Command::new(lynkr_bin());
         Self::spawn(cmd, port, scratch_dir("gw-env"), env)
     }
 
@@ -76,6 +79,7 @@ impl Gateway {
             port,
             base: format!("http://127.0.0.1:{port}"),
             dir,
+            config: None,
         };
         gw.wait_ready();
         gw
@@ -112,9 +116,12 @@ impl Gateway {
     /// Start a new binary with `-u` on this one's config: it waits for the
     /// listening sockets this process hands over on SIGQUIT. Logs to its own dir.
     pub fn start_upgrade(&self, env: &[(&str, &str)]) -> Gateway {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lynkr"));
-        cmd.arg("-u").arg("-c").arg(self.config_path());
-        Self::spawn(cmd, self.port, scratch_dir("gw-upgrade"), env)
+        let config = self.config_path();
+        let mut cmd = Command::new(lynkr_bin());
+        cmd.arg("-u").arg("-c").arg(&config);
+        let mut gw = Self::spawn(cmd, self.port, scratch_dir("gw-upgrade"), env);
+        gw.config = Some(config);
+        gw
     }
 
     pub fn pid(&self) -> u32 {
@@ -122,7 +129,9 @@ impl Gateway {
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.dir.join("lynkr.yaml")
+        self.config
+            .clone()
+            .unwrap_or_else(|| self.dir.join("lynkr.yaml"))
     }
 
     /// Send a signal (`-TERM`, `-QUIT`) to the process.
@@ -158,6 +167,15 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The binary under test: this build's, or `LYNKR_TEST_BIN` (to run the
+/// suite against another build, e.g. to see a regression test fail on the
+/// code before its fix).
+pub fn lynkr_bin() -> PathBuf {
+    std::env::var_os("LYNKR_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lynkr")))
 }
 
 pub fn free_port() -> u16 {
@@ -799,4 +817,151 @@ pub fn ollama_message(text: &str) -> String {
     json!({"model": "q", "message": {"role": "assistant", "content": text}, "done": true, "done_reason": "stop",
         "prompt_eval_count": 40, "eval_count": 10})
     .to_string()
+}
+
+// ---- a raw HTTP/1.1 client ----------------------------------------------------------------
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The server said this connection ends after this response.
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// One client connection, read and written by hand: what a test needs to
+/// see of framing (chunked or not), keep-alive and pipelining.
+pub struct RawConn {
+    stream: BufReader<tokio::net::TcpStream>,
+}
+
+impl RawConn {
+    pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<RawConn> {
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(RawConn {
+            stream: BufReader::new(s),
+        })
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.get_mut().write_all(bytes).await
+    }
+
+    /// Read one response (Content-Length or chunked); an error if the
+    /// connection closes before it is complete, or after 30 s.
+    pub async fn read_response(&mut self) -> std::io::Result<RawResponse> {
+        tokio::time::timeout(Duration::from_secs(30), self.read_response_inner())
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("no response within 30 s")))
+    }
+
+    async fn read_response_inner(&mut self) -> std::io::Result<RawResponse> {
+        let closed = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed");
+        let mut line = String::new();
+        if self.stream.read_line(&mut line).await? == 0 {
+            return Err(closed());
+        }
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line).await? == 0 {
+                return Err(closed());
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let mut resp = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                line.clear();
+                if self.stream.read_line(&mut line).await? == 0 {
+                    return Err(closed());
+                }
+                let size = usize::from_str_radix(line.trim(), 16)
+                    .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
+                let mut chunk = vec![0u8; size + 2];
+                self.stream.read_exact(&mut chunk).await?;
+                if size == 0 {
+                    break;
+                }
+                resp.body.extend_from_slice(&chunk[..size]);
+            }
+        } else if let Some(len) = resp.header("content-length").and_then(|v| v.parse().ok()) {
+            let mut body = vec![0u8; len];
+            self.stream.read_exact(&mut body).await?;
+            resp.body = body;
+        } else {
+            // Delimited by the close of the connection.
+            self.stream.read_to_end(&mut resp.body).await?;
+        }
+        Ok(resp)
+    }
+
+    /// True when the server has closed the connection (reads EOF soon).
+    pub async fn is_closed(&mut self, within: Duration) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(within, self.stream.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+/// A `POST /v1/messages` request as bytes.
+pub fn raw_post(body: &Value) -> Vec<u8> {
+    let body = body.to_string();
+    format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: lynkr\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
 }
