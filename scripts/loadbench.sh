@@ -5,6 +5,7 @@
 #
 #   scripts/loadbench.sh            # 15 s per run
 #   DURATION=30 scripts/loadbench.sh
+#   LYNKR_BIN=/path/to/other/lynkr scripts/loadbench.sh   # A/B another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15}
@@ -25,7 +26,7 @@ providers:
   mock: {base_url: "http://127.0.0.1:$MOCK_PORT/v1", model: gpt-bench}
 models: {default: mock}
 YAML
-LYNKR_LOG_FORMAT=json target/release/lynkr -c "$work/lynkr.yaml" 2>"$work/lynkr.log" &
+LYNKR_LOG_FORMAT=json "${LYNKR_BIN:-target/release/lynkr}" -c "$work/lynkr.yaml" 2>"$work/lynkr.log" &
 gw_pid=$!
 for _ in $(seq 100); do
   (echo >/dev/tcp/127.0.0.1/$GW_PORT) 2>/dev/null && (echo >/dev/tcp/127.0.0.1/$MOCK_PORT) 2>/dev/null && break

@@ -2,7 +2,7 @@
 # Memory after many concurrent streams: rounds of N concurrent slow streams
 # (a mock OpenAI upstream sends 20 chunks 50 ms apart) through Lynkr, each
 # round over fresh connections; prints Lynkr's RSS at start, at the peak of
-# each round, and once idle after it.
+# each round, and once idle after it (7 s later: the idle trim runs every 5 s).
 #
 #   scripts/stream-rss.sh                 # 5 rounds of 1000 streams
 #   ROUNDS=3 STREAMS=500 scripts/stream-rss.sh
@@ -69,8 +69,9 @@ async def main():
         done = await asyncio.gather(*(one() for _ in range(streams)), return_exceptions=True)
         watcher.cancel()
         ok = sum(1 for d in done if d is True)
-        await asyncio.sleep(2)
-        print(f"round {n + 1}: {ok}/{streams} streams complete in {time.time() - started:.1f} s, "
+        took = time.time() - started
+        await asyncio.sleep(7)
+        print(f"round {n + 1}: {ok}/{streams} streams complete in {took:.1f} s, "
               f"peak {peak} MB, idle after {rss()} MB", flush=True)
 
 asyncio.run(main())

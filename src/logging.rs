@@ -24,9 +24,15 @@ const PINGORA_CRATES: &[&str] = &[
     "pingora_error",
 ];
 
-/// The filter for a configured level or directive list.
+/// The filter for a configured level or directive list: when its default
+/// level is `trace`, Pingora's crates are held at `debug` (a lower default
+/// level already keeps them below trace, and is left as it is).
 pub fn filter_directives(level: &str) -> String {
-    if level.contains("pingora") {
+    let default_is_trace = level
+        .split(',')
+        .map(str::trim)
+        .any(|d| d.eq_ignore_ascii_case("trace"));
+    if level.contains("pingora") || !default_is_trace {
         return level.to_string();
     }
     let mut d = level.to_string();

@@ -3,7 +3,7 @@
 //! metrics only), the drain that follows shutdown, and the pool health checks.
 
 use crate::config::Config;
-use crate::gateway::{DrainService, Gateway, LynkrApp};
+use crate::gateway::{DrainService, Gateway, IdleTrim, LynkrApp};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -36,6 +36,7 @@ pub fn build(config: &Config, mut opt: Opt) -> Result<Server, String> {
     let gateway = Arc::new(Gateway::from_config(config)?);
     let health_checks = gateway.health_services();
     let drain = DrainService(gateway.drain.clone());
+    let trim = IdleTrim(gateway.drain.clone());
 
     let mut api = Service::new(
         "lynkr api".to_string(),
@@ -65,5 +66,6 @@ pub fn build(config: &Config, mut opt: Opt) -> Result<Server, String> {
     }
     server.add_services(health_checks);
     server.add_service(background_service("drain", drain));
+    server.add_service(background_service("idle memory trim", trim));
     Ok(server)
 }

@@ -84,12 +84,28 @@ pub async fn run(
             max_response_bytes: gw.limits.max_response_bytes,
         },
     );
-    let label = provider.name.as_str();
-    if decoder.streams() {
-        relay_stream(gw, session, ctx, a, ex, decoder, permit, label).await
+    let answer = Answer {
+        streams: decoder.streams(),
+        ex,
+        decoder,
+        permit,
+        label: &provider.name,
+    };
+    if answer.streams {
+        relay_stream(gw, session, ctx, a, answer).await
     } else {
-        whole_answer(gw, session, ctx, a, ex, decoder, permit, label).await
+        whole_answer(gw, session, ctx, a, answer).await
     }
+}
+
+/// A provider's 2xx answer under way: the exchange, its decoder, the
+/// breaker permit it settles, and the provider's name for messages.
+struct Answer<'p> {
+    streams: bool,
+    ex: Exchange,
+    decoder: Decoder,
+    permit: Permit<'p>,
+    label: &'p str,
 }
 
 /// Settle the permit for a failed attempt and hand the error on. Keys an
@@ -118,17 +134,20 @@ enum Wake {
 /// Relay an upstream stream as Anthropic events, chunk by chunk. Before
 /// the first byte reaches the client a failure is the attempt's (it may be
 /// retried); after it, the stream ends with an `event: error`.
-#[allow(clippy::too_many_arguments)]
 async fn relay_stream(
     gw: &Gateway,
     session: &mut ServerSession,
     ctx: &mut RequestCtx,
     a: &Attempt<'_>,
-    mut ex: Exchange,
-    mut decoder: Decoder,
-    permit: Permit<'_>,
-    label: &str,
+    answer: Answer<'_>,
 ) -> Result<(), Failure> {
+    let Answer {
+        mut ex,
+        mut decoder,
+        permit,
+        label,
+        ..
+    } = answer;
     let mut permit = Some(permit);
     let mut out = BytesMut::with_capacity(4096);
     let deadline = tokio::time::sleep_until(a.deadline.into());
@@ -219,17 +238,20 @@ fn wake_is_final(e: &ApiError) -> bool {
 
 /// A whole (non-streamed) answer: read it, translate it, send it at once
 /// (as JSON, or as an event sequence to a streaming client).
-#[allow(clippy::too_many_arguments)]
 async fn whole_answer(
     gw: &Gateway,
     session: &mut ServerSession,
     ctx: &mut RequestCtx,
     a: &Attempt<'_>,
-    mut ex: Exchange,
-    mut decoder: Decoder,
-    permit: Permit<'_>,
-    label: &str,
+    answer: Answer<'_>,
 ) -> Result<(), Failure> {
+    let Answer {
+        mut ex,
+        mut decoder,
+        permit,
+        label,
+        ..
+    } = answer;
     let mut out = BytesMut::new();
     let read = async {
         while let Some(chunk) = ex.read(label).await? {

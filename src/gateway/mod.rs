@@ -10,9 +10,11 @@ mod http;
 mod messages;
 mod ops;
 mod respond;
+mod trim;
 
 pub use drain::{Drain, DrainService};
 pub use http::LynkrApp;
+pub use trim::IdleTrim;
 
 use crate::config::{Config, LimitsConfig};
 use crate::metrics::{Finished, Metrics, Upstream};

@@ -4,6 +4,7 @@ use crate::common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
+/// As Claude Code posts: `?beta=true`, a client key, `anthropic-version`.
 async fn post(gw: &Gateway, body: &Value) -> reqwest::Response {
     client()
         .post(gw.url("/v1/messages?beta=true"))

@@ -547,6 +547,9 @@ async fn bedrock_converse_with_sigv4_checked_by_the_mock() {
         let mut pieces = vec![event("messageStart", json!({"role": "assistant"}))];
         if text == "throttle" {
             pieces.push(frame("exception", (":exception-type", "throttlingException"), json!({"message": "Too many tokens"})));
+        } else if text == "throttle-late" {
+            pieces.push(event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "partial"}})));
+            pieces.push(frame("exception", (":exception-type", "throttlingException"), json!({"message": "Too many tokens"})));
         } else {
             pieces.push(event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "from "}})));
             pieces.push(event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "bedrock"}})));
@@ -614,9 +617,21 @@ async fn bedrock_converse_with_sigv4_checked_by_the_mock() {
         .unwrap();
     assert_eq!(msg["content"][0]["text"], "bedrock json");
 
-    // A throttling exception inside the stream ends it with an error event.
+    // A throttling exception before any content is Bedrock's 429: it is
+    // retried like one, then answered as one (nothing had been streamed).
+    let before = mock.requests().len();
+    let resp = post_with(&gw, &user("throttle", true), &[]).await;
+    assert_eq!(resp.status(), 429);
+    let data: Value = resp.json().await.unwrap();
+    assert_eq!(data["error"]["type"], "rate_limit_error");
+    assert!(data["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Too many tokens"));
+    assert_eq!(mock.requests().len() - before, 3, "retried as a 429");
+    // After content reached the client, it ends the stream with an error event.
     let events = sse_events(
-        &post_with(&gw, &user("throttle", true), &[])
+        &post_with(&gw, &user("throttle-late", true), &[])
             .await
             .text()
             .await
@@ -625,10 +640,6 @@ async fn bedrock_converse_with_sigv4_checked_by_the_mock() {
     let (name, data) = events.last().unwrap();
     assert_eq!(name, "error");
     assert_eq!(data["error"]["type"], "rate_limit_error");
-    assert!(data["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("Too many tokens"));
 
     // A Bedrock API key goes as a bearer token, unsigned.
     let mut keyed = user("hello", false);

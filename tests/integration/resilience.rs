@@ -11,42 +11,17 @@ fn config(mock: std::net::SocketAddr, resilience: &str) -> String {
     format!("resilience:\n{resilience}\n{}", openai_provider(mock))
 }
 
-async fn post(gw: &Gateway, body: &Value) -> reqwest::Response {
-    client()
-        .post(gw.url("/v1/messages"))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
-fn ok_json() -> Reply {
-    Reply::Json {
-        status: 200,
-        body: completion_json("fine", "stop", Value::Null),
-        headers: vec![],
-    }
-}
-
-fn status(code: u16, message: &str) -> Reply {
-    Reply::Json {
-        status: code,
-        body: json!({"error": {"message": message}}).to_string(),
-        headers: vec![],
-    }
-}
-
 #[tokio::test]
 async fn retries_with_backoff_until_success_but_never_on_4xx() {
     let n = Arc::new(AtomicUsize::new(0));
     let count = n.clone();
     let mock = MockUpstream::start(move |r| {
         if r.body["messages"][0]["content"] == "bad" {
-            return status(400, "invalid");
+            return error_reply(400, "invalid");
         }
         match count.fetch_add(1, Ordering::SeqCst) {
             0 => Reply::Close,
-            1 => status(503, "busy"),
+            1 => error_reply(503, "busy"),
             _ => ok_json(),
         }
     })
@@ -128,7 +103,7 @@ async fn circuit_breaker_opens_fails_fast_and_recovers() {
         if h.load(Ordering::SeqCst) {
             ok_json()
         } else {
-            status(500, "down")
+            error_reply(500, "down")
         }
     })
     .await;
@@ -167,7 +142,7 @@ async fn circuit_breaker_opens_fails_fast_and_recovers() {
 
 #[tokio::test]
 async fn an_open_breaker_moves_traffic_to_the_next_target() {
-    let down = MockUpstream::start(|_| status(503, "down")).await;
+    let down = MockUpstream::start(|_| error_reply(503, "down")).await;
     let up = MockUpstream::start(|_| ok_json()).await;
     let cfg = format!(
         "resilience: {{retry: {{max_attempts: 2, base_ms: 1, cap_ms: 5}}, circuit_breaker: {{failure_threshold: 2, open_ms: 60000}}}}\n\

@@ -66,14 +66,24 @@ fn request_in_ollama_form() {
     assert!(out.get("think").is_none());
 }
 
+/// Ollama takes no image URL: the model gets a note naming it, and the
+/// conversation is not refused over it.
 #[test]
-fn url_images_are_refused() {
+fn url_images_become_a_note() {
     let body = json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": [
-        {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]}]});
+        {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}},
+        {"type": "text", "text": "what is this?"}]}]});
     let req = parse_messages_request(body.to_string().as_bytes()).unwrap();
-    let err =
-        to_ollama_request(&req, "q", &OpenAiOptions::default(), &caps(false, None)).unwrap_err();
-    assert_eq!(err.status, 400);
+    let out = serde_json::to_value(
+        to_ollama_request(&req, "q", &OpenAiOptions::default(), &caps(false, None)).unwrap(),
+    )
+    .unwrap();
+    let text = out["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        text.contains("https://x/y.png") && text.contains("what is this?"),
+        "{text}"
+    );
+    assert!(out["messages"][0].get("images").is_none());
 }
 
 #[test]

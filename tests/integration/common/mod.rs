@@ -517,6 +517,56 @@ async fn write_chunked<S: AsyncWrite + Unpin>(
     Ok(())
 }
 
+// ---- requests and answers shared by the tests ------------------------------------------
+
+/// POST `body` to the gateway's `/v1/messages`.
+pub async fn post(gw: &Gateway, body: &Value) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/messages"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A plain successful completion.
+pub fn ok_json() -> Reply {
+    Reply::Json {
+        status: 200,
+        body: completion_json("fine", "stop", Value::Null),
+        headers: vec![],
+    }
+}
+
+/// An OpenAI-shaped error answer.
+pub fn error_reply(code: u16, message: &str) -> Reply {
+    Reply::Json {
+        status: code,
+        body: json!({"error": {"message": message}}).to_string(),
+        headers: vec![],
+    }
+}
+
+/// A gateway whose default route is an anthropic-kind provider at a mock
+/// answering every request with one message JSON.
+pub async fn passthrough_gateway(text: &str, provider: &str) -> (MockUpstream, Gateway) {
+    let body = anthropic_message(text);
+    let mock = MockUpstream::start(move |_| Reply::Json {
+        status: 200,
+        body: body.clone(),
+        headers: vec![],
+    })
+    .await;
+    let gw = Gateway::start(
+        &format!(
+            "providers:\n  a: {{kind: anthropic, base_url: 'http://{}'{provider}}}\nmodels: {{default: a}}\n",
+            mock.addr
+        ),
+        &[],
+    );
+    (mock, gw)
+}
+
 // ---- OpenAI wire-format builders ---------------------------------------------------
 
 pub fn completion_json(content: &str, finish: &str, tool_calls: Value) -> String {
