@@ -280,6 +280,14 @@ fn result_text(b: &Value) -> String {
         .join("\n")
 }
 
+/// Bedrock's tool-use id, or one from the gateway's generator when it gave
+/// none (an empty id would pair every result with every call).
+fn tool_use_id(id: &Value) -> String {
+    id.as_str()
+        .filter(|i| !i.is_empty())
+        .map_or_else(crate::util::ids::tool_use_id, str::to_owned)
+}
+
 fn image_format(media_type: &str) -> &str {
     media_type.strip_prefix("image/").unwrap_or(media_type)
 }
@@ -444,7 +452,7 @@ pub fn to_message(body: &[u8], client_model: &str) -> Result<MessageResponse, Ap
             });
         } else if let Some(t) = c.get("toolUse") {
             content.push(ResponseBlock::ToolUse {
-                id: t["toolUseId"].as_str().unwrap_or_default().to_string(),
+                id: tool_use_id(&t["toolUseId"]),
                 name: t["name"].as_str().unwrap_or_default().to_string(),
                 input: t.get("input").cloned().unwrap_or(json!({})),
             });
@@ -566,12 +574,12 @@ impl StreamTranslator {
             "contentBlockStart" => {
                 if let Some(tool) = p.pointer("/start/toolUse") {
                     let (id, name) = (
-                        tool["toolUseId"].as_str().unwrap_or(""),
+                        tool_use_id(&tool["toolUseId"]),
                         tool["name"].as_str().unwrap_or(""),
                     );
                     ev.open(
                         BlockKey::new(BlockKind::ToolUse, index),
-                        || empty_tool_use(id, name),
+                        || empty_tool_use(&id, name),
                         out,
                     );
                 }

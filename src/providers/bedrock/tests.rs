@@ -308,3 +308,24 @@ fn corrupt_frames_exceptions_and_early_ends_are_errors() {
     .unwrap();
     assert!(t.end_of_input(&mut BytesMut::new()).is_err());
 }
+
+/// A tool call Bedrock sends without an id gets one from the gateway's
+/// generator: an empty id would pair every result with every call.
+#[test]
+fn tool_calls_without_ids_get_generated_ones() {
+    let body = json!({"output": {"message": {"role": "assistant", "content": [
+        {"toolUse": {"name": "Read", "input": {}}}, {"toolUse": {"toolUseId": "", "name": "Grep", "input": {}}}]}},
+        "stopReason": "tool_use", "usage": {"inputTokens": 1, "outputTokens": 1}});
+    let m = to_message(body.to_string().as_bytes(), "c").unwrap();
+    let ids: Vec<&str> = m
+        .content
+        .iter()
+        .filter_map(|b| match b {
+            ResponseBlock::ToolUse { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.iter().all(|i| i.starts_with("toolu_lynkr_")), "{ids:?}");
+    assert_ne!(ids[0], ids[1]);
+}
