@@ -176,7 +176,7 @@ impl UpstreamClient {
             }
         }
         let addr = lookup(host, port).await.ok_or_else(|| {
-            ApiError::api(format!("upstream connect error: cannot resolve {host}")).with_status(502)
+            ApiError::bad_upstream(format!("upstream connect error: cannot resolve {host}"))
         })?;
         self.dns.lock().unwrap().insert(key, (Instant::now(), addr));
         Ok(addr)
@@ -215,10 +215,9 @@ impl Exchange {
         let mut body = Vec::new();
         while let Some(chunk) = self.read(provider).await? {
             if body.len() + chunk.len() > limit {
-                return Err(ApiError::api(format!(
+                return Err(ApiError::bad_upstream(format!(
                     "upstream {provider} response exceeds {limit} bytes"
-                ))
-                .with_status(502));
+                )));
             }
             body.extend_from_slice(&chunk);
         }
@@ -411,4 +410,19 @@ fn transport_error(e: &Error, provider: &str) -> ApiError {
         ApiError::new(ErrorKind::ApiError, format!("{what} ({provider}): {e}")).with_status(status);
     err.origin = crate::protocol::error::Origin::Transport;
     err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::error::Origin;
+
+    /// Regression: an unresolvable host came back as the gateway's own
+    /// error, so the route no longer fell back to its next target.
+    #[tokio::test]
+    async fn an_unresolvable_host_is_a_transport_failure() {
+        let client = UpstreamClient::new(&TimeoutsConfig::default());
+        let e = client.resolve("nothing.invalid", 443).await.unwrap_err();
+        assert_eq!((e.status, e.origin), (502, Origin::Transport));
+    }
 }

@@ -85,13 +85,12 @@ pub async fn run(
         },
     );
     let answer = Answer {
-        streams: decoder.streams(),
         ex,
         decoder,
         permit,
         label: &provider.name,
     };
-    if answer.streams {
+    if answer.decoder.streams() {
         relay_stream(gw, session, ctx, a, answer).await
     } else {
         whole_answer(gw, session, ctx, a, answer).await
@@ -101,24 +100,28 @@ pub async fn run(
 /// A provider's 2xx answer under way: the exchange, its decoder, the
 /// breaker permit it settles, and the provider's name for messages.
 struct Answer<'p> {
-    streams: bool,
     ex: Exchange,
     decoder: Decoder,
     permit: Permit<'p>,
     label: &'p str,
 }
 
-/// Settle the permit for a failed attempt and hand the error on. Keys an
-/// upstream quotes back are redacted first.
-fn failed(gw: &Gateway, permit: Permit<'_>, mut err: ApiError) -> Failure {
-    err.message = gw.redactor.redact(&err.message).into_owned();
+/// Settle the permit for an attempt that failed before any byte reached
+/// the client, and say whether the request may go on. Keys an upstream
+/// quotes back are redacted first. The gateway's own errors (the deadline,
+/// shutdown, the client gone) end the request, the permit abandoned.
+fn failed(gw: &Gateway, permit: Permit<'_>, err: ApiError) -> Failure {
+    let err = gw.redact(err);
     match err.origin {
         Origin::Transport => permit.failure(),
         // 429 and 5xx: the provider is to blame. Other statuses: it
         // answered properly, the request was at fault.
         Origin::Provider(s) if s == 429 || s >= 500 => permit.failure(),
         Origin::Provider(_) => permit.success(),
-        Origin::Gateway => drop(permit),
+        Origin::Gateway => {
+            drop(permit);
+            return Failure::Final(err);
+        }
     }
     Failure::Retry(err)
 }
@@ -184,13 +187,11 @@ async fn relay_stream(
                 ex.abort().await;
                 if let Some(permit) = permit.take() {
                     // Nothing reached the client: a plain error, maybe a retry.
-                    return Err(match wake_is_final(&e) {
-                        true => Failure::Final(e),
-                        false => failed(gw, permit, e),
-                    });
+                    return Err(failed(gw, permit, e));
                 }
                 // Mid-stream: an `event: error`, so Claude Code retries.
-                ctx.error = Some(gw.redactor.redact(&e.message).into_owned());
+                let e = gw.redact(e);
+                ctx.error = Some(e.message.clone());
                 out.extend_from_slice(e.sse_event().as_bytes());
                 let _ = session
                     .write_response_body(out.split().freeze(), true)
@@ -230,12 +231,6 @@ async fn relay_stream(
     Ok(())
 }
 
-/// Errors that end the request whatever the attempt count: the deadline
-/// and shutdown (both marked as the gateway's).
-fn wake_is_final(e: &ApiError) -> bool {
-    e.origin == Origin::Gateway
-}
-
 /// A whole (non-streamed) answer: read it, translate it, send it at once
 /// (as JSON, or as an event sequence to a streaming client).
 async fn whole_answer(
@@ -267,10 +262,7 @@ async fn whole_answer(
     };
     if let Err(e) = result {
         ex.abort().await;
-        return Err(match e.origin {
-            Origin::Gateway => Failure::Final(e),
-            _ => failed(gw, permit, e),
-        });
+        return Err(failed(gw, permit, e));
     }
     permit.success();
     gw.upstream.finish(ex).await;

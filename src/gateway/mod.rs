@@ -113,6 +113,14 @@ impl Gateway {
             .collect()
     }
 
+    /// An error from a provider, with any configured key it quotes redacted.
+    pub fn redact(&self, mut e: ApiError) -> ApiError {
+        if let std::borrow::Cow::Owned(m) = self.redactor.redact(&e.message) {
+            e.message = m;
+        }
+        e
+    }
+
     /// The breaker of a configured provider.
     pub fn breaker(&self, provider: &str) -> &Breaker {
         &self.breakers[provider]

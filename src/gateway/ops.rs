@@ -3,10 +3,8 @@
 use super::{body, respond, Gateway, RequestCtx};
 use crate::protocol::error::ApiError;
 use crate::protocol::validate::parse_count_tokens_request;
-use crate::providers::anthropic;
 use crate::resilience::breaker::State;
 use crate::routing::Features;
-use crate::upstream::Outgoing;
 use pingora_core::protocols::http::ServerSession as Session;
 use serde_json::json;
 
@@ -202,27 +200,12 @@ pub async fn count_tokens(
             Some(target.provider.at_member(m))
         });
         let provider = pooled.as_ref().unwrap_or(&target.provider);
-        if let Some(endpoint) = &provider.count_tokens_endpoint {
-            let model = target.model_for(&req.model);
+        let model = target.model_for(&req.model);
+        if let Some(prepared) = provider.prepare_count_tokens(&body, model, &headers) {
+            let prepared = prepared?;
             ctx.routed(&route, provider, model);
-            let mut fwd: Vec<(&'static str, String)> = provider.auth.iter().cloned().collect();
-            fwd.extend(anthropic::forward_headers(
-                &headers,
-                &provider.anthropic_version,
-            ));
-            let out = Outgoing {
-                endpoint,
-                ca: provider.ca.as_ref(),
-                headers: &fwd,
-                extra_headers: &provider.extra_headers,
-                body: anthropic::rewrite_body(&body, model, None)?,
-                stream: false,
-                request_id: &ctx.request_id,
-            };
-            let redact = |mut e: ApiError| {
-                e.message = gw.redactor.redact(&e.message).into_owned();
-                e
-            };
+            let out = provider.outgoing(&prepared, false, &ctx.request_id);
+            let redact = |e| gw.redact(e);
             let mut ex = gw
                 .upstream
                 .send(&out, &provider.name)

@@ -82,12 +82,12 @@ impl EventWriter {
     /// The message began. `message_start` is written with the first block
     /// (or the end): until the provider sends content, nothing has reached
     /// the client, so an error it sends first can still fail over.
-    pub fn start(&mut self, id: &str, _out: &mut BytesMut) {
+    pub fn start(&mut self, id: impl FnOnce() -> String) {
         if self.started {
             return;
         }
         self.started = true;
-        self.pending_start = Some(id.to_string());
+        self.pending_start = Some(id());
     }
 
     /// Write a pending `message_start`.

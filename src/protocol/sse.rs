@@ -149,7 +149,7 @@ pub fn message_events(msg: &MessageResponse) -> BytesMut {
     use super::events::*;
     let mut out = BytesMut::new();
     let mut ev = EventWriter::new(msg.model.clone());
-    ev.start(&msg.id, &mut out);
+    ev.start(|| msg.id.clone());
     for (i, block) in msg.content.iter().enumerate() {
         let (kind, empty, delta) = match block {
             ResponseBlock::Text { text } => (BlockKind::Text, empty_text(), text_delta(text)),

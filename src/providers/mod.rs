@@ -338,6 +338,29 @@ impl Provider {
         })
     }
 
+    /// The upstream `count_tokens` request, when this provider counts
+    /// tokens itself (anthropic kind with `count_tokens: true`).
+    pub fn prepare_count_tokens(
+        &self,
+        raw: &[u8],
+        model: &str,
+        client_headers: &http::HeaderMap,
+    ) -> Option<Result<Prepared<'_>, ApiError>> {
+        let endpoint = self.count_tokens_endpoint.as_ref()?;
+        let mut headers: Vec<(&'static str, String)> = self.auth.iter().cloned().collect();
+        headers.extend(anthropic::forward_headers(
+            client_headers,
+            &self.anthropic_version,
+        ));
+        Some(
+            anthropic::rewrite_body(raw, model, None).map(|body| Prepared {
+                endpoint: Cow::Borrowed(endpoint),
+                headers,
+                body,
+            }),
+        )
+    }
+
     /// What the upstream client sends for `prepared`.
     pub fn outgoing<'a>(
         &'a self,

@@ -555,6 +555,29 @@ async fn two_streams_share_one_kept_alive_connection() {
     }
 }
 
+/// `timeouts.client_idle_ms`: a kept-alive connection with no next
+/// request is closed after it.
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_client_idle_ms() {
+    let mock = MockUpstream::start(|_| ok_json()).await;
+    let gw = Gateway::start(
+        &format!(
+            "timeouts: {{connect_ms: 2000, first_byte_ms: 10000, read_ms: 10000, client_idle_ms: 1000}}\n{}",
+            openai_provider(mock.addr)
+        ),
+        &[MOCK_KEY],
+    );
+    let mut conn = RawConn::connect(("127.0.0.1", gw.port)).await.unwrap();
+    conn.send(&raw_post(&simple_request(false))).await.unwrap();
+    let r = conn.read_response().await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(!r.closes(), "kept alive");
+    assert!(
+        conn.is_closed(Duration::from_secs(10)).await,
+        "closed once idle"
+    );
+}
+
 /// Pipelined requests after the first were dropped although the response
 /// said keep-alive.
 #[tokio::test]

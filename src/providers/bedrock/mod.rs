@@ -567,7 +567,7 @@ impl StreamTranslator {
     }
 
     fn event(&mut self, kind: &str, p: &Value, out: &mut BytesMut) {
-        self.events.start(&crate::util::ids::message_id(), out);
+        self.events.start(crate::util::ids::message_id);
         let index = p["contentBlockIndex"].as_u64().unwrap_or(0);
         let ev = &mut self.events;
         match kind {

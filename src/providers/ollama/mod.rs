@@ -393,7 +393,7 @@ impl StreamTranslator {
         if let Some(err) = chunk.error {
             return Err(application_error(err));
         }
-        self.events.start(&crate::util::ids::message_id(), out);
+        self.events.start(crate::util::ids::message_id);
         if let Some(m) = &chunk.message {
             if let Some(t) = m.thinking.as_deref().filter(|t| !t.is_empty()) {
                 self.events

@@ -177,7 +177,7 @@ impl StreamTranslator {
                 message,
             ));
         }
-        self.events.start(&message_id(chunk.id.as_deref()), out);
+        self.events.start(|| message_id(chunk.id.as_deref()));
         if let Some(usage) = chunk.usage {
             self.usage = usage.to_anthropic();
         }
@@ -312,7 +312,7 @@ impl StreamTranslator {
     }
 
     fn finish(&mut self, out: &mut BytesMut) {
-        self.events.start(&message_id(None), out);
+        self.events.start(|| message_id(None));
         self.close(out);
         let mut stop = stop_reason(self.finish_reason.as_deref());
         if self.saw_tool_call && stop == StopReason::EndTurn {
