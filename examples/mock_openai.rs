@@ -75,32 +75,37 @@ async fn main() {
 }
 
 /// A chunked SSE answer: `chunks` content deltas, then the finish, usage
-/// and `[DONE]`.
+/// and `[DONE]`. Without a gap it is one write, as an instant upstream
+/// that had the whole answer ready would send it.
 async fn write_stream(
     sock: &mut tokio::net::TcpStream,
     chunks: u64,
     gap: std::time::Duration,
 ) -> std::io::Result<()> {
-    let chunk = |data: String| {
+    let chunk = |data: &str| {
         let event = format!("data: {data}\n\n");
         format!("{:x}\r\n{event}\r\n", event.len())
     };
-    sock.write_all(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
-    )
-    .await?;
+    let mut pending = String::from(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    );
     for i in 0..chunks {
         if !gap.is_zero() {
+            sock.write_all(pending.as_bytes()).await?;
+            pending.clear();
             tokio::time::sleep(gap).await;
         }
-        let data = format!(
+        pending += &chunk(&format!(
             r#"{{"id":"c","object":"chat.completion.chunk","choices":[{{"index":0,"delta":{{"content":"word{i} "}},"finish_reason":null}}]}}"#
-        );
-        sock.write_all(chunk(data).as_bytes()).await?;
+        ));
     }
-    let end = chunk(r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#.into())
-        + &chunk(r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":20,"total_tokens":32}}"#.into())
-        + &chunk("[DONE]".into())
-        + "0\r\n\r\n";
-    sock.write_all(end.as_bytes()).await
+    pending += &chunk(
+        r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+    );
+    pending += &chunk(
+        r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":20,"total_tokens":32}}"#,
+    );
+    pending += &chunk("[DONE]");
+    pending += "0\r\n\r\n";
+    sock.write_all(pending.as_bytes()).await
 }

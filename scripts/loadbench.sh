@@ -1,79 +1,202 @@
 #!/usr/bin/env bash
-# Load benchmark: a small non-streaming request, straight to a local mock
-# OpenAI upstream and through Lynkr to the same mock, with wrk on 127.0.0.1.
-# Prints p50/p99 for both, the added latency, and Lynkr's idle RSS.
+# Load benchmark: Lynkr against a plain reverse-proxy hop (nginx) on the
+# same bodies, to the same instant mock OpenAI upstream, in one run.
 #
-#   scripts/loadbench.sh            # 15 s per run
-#   DURATION=30 scripts/loadbench.sh
+# Bodies: 22.5 KB (Claude-Code-like, 12 tools: benches/bodies/claude-code-22k.json)
+# and 76 KB (fixture 01, 24 tools), each as JSON and as a stream; wrk with
+# keep-alive at concurrency 1 and 32. For each: req/s and p50/p99 straight
+# to the mock, through nginx and through Lynkr; the added p99 over the
+# direct call; the throughput ratio Lynkr/nginx; CPU per request of each
+# proxy (CPU seconds from /proc over requests served). Then Lynkr's RSS
+# idle, after the load, and while holding 1,000 concurrent slow streams
+# (scripts/stream-rss.sh, one round).
+#
+#   scripts/loadbench.sh                  # 8 s per run, about 4 minutes
+#   DURATION=15 scripts/loadbench.sh
 #   LYNKR_BIN=/path/to/other/lynkr scripts/loadbench.sh   # A/B another build
+#   ONLY=22k-json scripts/loadbench.sh    # one body/mode (22k|76k)-(json|stream)
+#   PERF=1 ONLY=22k-json scripts/loadbench.sh
+#       also `perf record -g` Lynkr during its concurrency-32 run and print the
+#       top symbols (build it with `cargo build --profile profiling` and pass
+#       LYNKR_BIN=target/profiling/lynkr for symbols)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION=${DURATION:-15}
+DURATION=${DURATION:-8}
 MOCK_PORT=${MOCK_PORT:-19100}
 GW_PORT=${GW_PORT:-19101}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+NGINX_PORT=${NGINX_PORT:-19102}
+LYNKR_BIN=${LYNKR_BIN:-target/release/lynkr}
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v nginx >/dev/null || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
 cargo build --release --quiet --bin lynkr --example mock_openai
 
 work=$(mktemp -d)
-cleanup() { kill "${mock_pid:-}" "${gw_pid:-}" 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  kill "${mock_pid:-}" 2>/dev/null || true
+  kill -INT "${gw_pid:-}" 2>/dev/null || true   # SIGINT: Pingora's fast shutdown
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
+
+# The bodies: compact JSON, "stream" false and true.
+python3 - "$work" <<'PY'
+import json, sys
+work = sys.argv[1]
+bodies = {
+    "22k": json.load(open("benches/bodies/claude-code-22k.json")),
+    "76k": json.load(open("tests/fixtures/claude-code/01-main-request-tools.json"))["body"],
+}
+for name, body in bodies.items():
+    for mode, stream in (("json", False), ("stream", True)):
+        body["stream"] = stream
+        with open(f"{work}/{name}-{mode}.json", "w") as f:
+            f.write(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+PY
 
 target/release/examples/mock_openai "127.0.0.1:$MOCK_PORT" &
 mock_pid=$!
+
+mkdir -p "$work/nginx"
+cat >"$work/nginx.conf" <<NGINX
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log $work/nginx/access.log;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  client_body_buffer_size 256k;
+  client_max_body_size 10m;
+  keepalive_requests 1000000;
+  upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location = /v1/messages {
+      proxy_pass http://mock/v1/chat/completions;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf" -g 'daemon on;'
+
 cat >"$work/lynkr.yaml" <<YAML
 server: {listen: ["127.0.0.1:$GW_PORT"], threads: 2, pid_file: $work/pid, upgrade_sock: $work/sock}
 providers:
   mock: {base_url: "http://127.0.0.1:$MOCK_PORT/v1", model: gpt-bench}
 models: {default: mock}
 YAML
-LYNKR_LOG_FORMAT=json "${LYNKR_BIN:-target/release/lynkr}" -c "$work/lynkr.yaml" 2>"$work/lynkr.log" &
+LYNKR_LOG_FORMAT=json "$LYNKR_BIN" -c "$work/lynkr.yaml" 2>"$work/lynkr.log" &
 gw_pid=$!
 for _ in $(seq 100); do
-  (echo >/dev/tcp/127.0.0.1/$GW_PORT) 2>/dev/null && (echo >/dev/tcp/127.0.0.1/$MOCK_PORT) 2>/dev/null && break
+  (echo >/dev/tcp/127.0.0.1/$GW_PORT) 2>/dev/null && (echo >/dev/tcp/127.0.0.1/$MOCK_PORT) 2>/dev/null &&
+    (echo >/dev/tcp/127.0.0.1/$NGINX_PORT) 2>/dev/null && break
   sleep 0.1
 done
-sleep 2
-idle_rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$gw_pid/status")
+sleep 1
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$gw_pid/status"; }
+idle_rss=$(rss_mb)
 
-cat >"$work/direct.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"gpt-bench","max_tokens":64,"messages":[{"role":"user","content":"Say hello"}]}'
-LUA
-cat >"$work/gateway.lua" <<'LUA'
+for body in "$work"/*.json; do
+  name=$(basename "$body" .json)
+  cat >"$work/$name.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["anthropic-version"] = "2023-06-01"
-wrk.body = '{"model":"claude-haiku-4-5","max_tokens":64,"messages":[{"role":"user","content":"Say hello"}]}'
+local f = io.open("$body", "rb")
+wrk.body = f:read("*a")
+f:close()
 LUA
+done
 
-# Warm up both paths (pooled connections, caches).
-wrk -t1 -c1 -d2s -s "$work/direct.lua" "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" >/dev/null
-wrk -t1 -c1 -d2s -s "$work/gateway.lua" "http://127.0.0.1:$GW_PORT/v1/messages" >/dev/null
-
-run() { # name conns script url
-  local out
-  out=$(wrk -t1 -c"$2" -d"${DURATION}s" --latency -s "$3" "$4")
-  echo "$out" >"$work/$1.txt"
-  local p50 p99 rps
-  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  printf '%-10s c=%-3s p50=%-9s p99=%-9s req/s=%s\n' "$1" "$2" "$p50" "$p99" "$rps"
-  if echo "$out" | grep -q "Non-2xx"; then echo "  errors: $(echo "$out" | grep Non-2xx)"; exit 1; fi
+# CPU seconds (user + system) of a process and its threads, or of nginx's workers.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
 }
-to_us() { # wrk latency ("85.00us", "1.20ms") -> microseconds
+nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; }
+to_us() { # wrk latency ("85.00us", "1.20ms", "2.00s") -> microseconds
   awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else print n*1000000 }'
 }
+TICK=$(getconf CLK_TCK)
 
-echo "== concurrency 1, ${DURATION}s each =="
-run direct 1 "$work/direct.lua" "http://127.0.0.1:$MOCK_PORT/v1/chat/completions"
-run gateway 1 "$work/gateway.lua" "http://127.0.0.1:$GW_PORT/v1/messages"
-d99=$(to_us "$(awk '$1=="99%" {print $2}' "$work/direct.txt")")
-g99=$(to_us "$(awk '$1=="99%" {print $2}' "$work/gateway.txt")")
-echo "added p99 latency: $(awk -v g="$g99" -v d="$d99" 'BEGIN {printf "%.0f us", g-d}')"
-echo "== concurrency 32 =="
-run direct 32 "$work/direct.lua" "http://127.0.0.1:$MOCK_PORT/v1/chat/completions"
-run gateway 32 "$work/gateway.lua" "http://127.0.0.1:$GW_PORT/v1/messages"
-echo "idle RSS: $((idle_rss_kb / 1024)) MB ($idle_rss_kb kB)"
-echo "busy RSS: $(( $(awk '/VmRSS/ {print $2}' "/proc/$gw_pid/status") / 1024 )) MB"
+# run NAME CONNS URL PIDS... -> sets rps p50 p99 cpu_us (CPU per request of PIDS)
+run() {
+  local name=$1 conns=$2 url=$3 lua=$4; shift 4
+  local before after out requests
+  before=$(cpu_ticks "$@")
+  out=$(wrk -t1 -c"$conns" -d"${DURATION}s" --latency -s "$lua" "$url")
+  after=$(cpu_ticks "$@")
+  echo "$out" >"$work/$name.txt"
+  if echo "$out" | grep -q "Non-2xx\|Socket errors"; then
+    echo "$name: errors" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+  rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%d", $2}')
+  requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  p50=$(to_us "$(echo "$out" | awk '$1=="50%" {print $2}')")
+  p99=$(to_us "$(echo "$out" | awk '$1=="99%" {print $2}')")
+  if [ $# -gt 0 ]; then
+    cpu_us=$(awk -v t=$((after - before)) -v r="$requests" -v hz="$TICK" 'BEGIN {printf "%.0f", t / hz / r * 1e6}')
+  else
+    cpu_us=-
+  fi
+}
+
+printf '| body | c | direct req/s | nginx req/s | Lynkr req/s | Lynkr/nginx | direct p99 | nginx added p99 | Lynkr added p99 | nginx CPU/req | Lynkr CPU/req |\n'
+printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
+for name in 22k-json 22k-stream 76k-json 76k-stream; do
+  if [ -n "${ONLY:-}" ] && [ "$ONLY" != "$name" ]; then continue; fi
+  lua="$work/$name.lua"
+  # Warm up: pooled connections, allocator arenas.
+  wrk -t1 -c32 -d2s -s "$lua" "http://127.0.0.1:$GW_PORT/v1/messages" >/dev/null
+  wrk -t1 -c32 -d2s -s "$lua" "http://127.0.0.1:$NGINX_PORT/v1/messages" >/dev/null
+  for c in 1 32; do
+    run "$name-direct-$c" "$c" "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$lua"
+    d_rps=$rps d_p99=$p99
+    # shellcheck disable=SC2046
+    run "$name-nginx-$c" "$c" "http://127.0.0.1:$NGINX_PORT/v1/messages" "$lua" $(nginx_pids)
+    n_rps=$rps n_p99=$p99 n_cpu=$cpu_us
+    if [ -n "${PERF:-}" ] && [ "$c" = 32 ]; then
+      perf record ${PERF_CALLGRAPH:--g} -o "target/perf-$name.data" -p "$gw_pid" -- sleep "$((DURATION - 1))" 2>/dev/null &
+      perf_pid=$!
+    fi
+    run "$name-lynkr-$c" "$c" "http://127.0.0.1:$GW_PORT/v1/messages" "$lua" "$gw_pid"
+    if [ -n "${perf_pid:-}" ]; then
+      wait "$perf_pid" || true
+      unset perf_pid
+      perf report -i "target/perf-$name.data" --no-children --sort symbol --percent-limit 0.7 --stdio 2>/dev/null |
+        grep -E '^ +[0-9]' >"target/perf-$name.txt" || true
+    fi
+    g_rps=$rps g_p99=$p99 g_cpu=$cpu_us
+    printf '| %s | %s | %s | %s | %s | %.2f | %s µs | %s µs | %s µs | %s µs | %s µs |\n' \
+      "$name" "$c" "$d_rps" "$n_rps" "$g_rps" "$(awk -v g="$g_rps" -v n="$n_rps" 'BEGIN {print g / n}')" \
+      "$d_p99" "$(awk -v a="$n_p99" -v b="$d_p99" 'BEGIN {printf "%.0f", a - b}')" \
+      "$(awk -v a="$g_p99" -v b="$d_p99" 'BEGIN {printf "%.0f", a - b}')" "$n_cpu" "$g_cpu"
+  done
+done
+echo
+if [ -n "${PERF:-}" ]; then
+  for f in target/perf-*.txt; do echo "== $f (Lynkr, concurrency 32, self time)"; head -30 "$f"; done
+fi
+echo "Lynkr RSS: idle $idle_rss MB, after the load $(rss_mb) MB"
+if [ -z "${ONLY:-}" ]; then
+  kill -INT "$gw_pid" 2>/dev/null || true
+  wait "$gw_pid" 2>/dev/null || true
+  ROUNDS=1 STREAMS=1000 LYNKR_BIN="$LYNKR_BIN" scripts/stream-rss.sh
+fi

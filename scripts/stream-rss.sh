@@ -15,7 +15,7 @@ GW_PORT=${GW_PORT:-19111}
 cargo build --release --quiet --bin lynkr --example mock_openai
 
 work=$(mktemp -d)
-cleanup() { kill "${mock_pid:-}" "${gw_pid:-}" 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { kill "${mock_pid:-}" 2>/dev/null || true; kill -INT "${gw_pid:-}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || true
 
@@ -28,7 +28,7 @@ providers:
 models: {default: mock}
 resilience: {load_shedding: {max_in_flight: 4096}}
 YAML
-LYNKR_LOG_LEVEL=warn target/release/lynkr -c "$work/lynkr.yaml" 2>"$work/lynkr.log" &
+LYNKR_LOG_LEVEL=warn "${LYNKR_BIN:-target/release/lynkr}" -c "$work/lynkr.yaml" 2>"$work/lynkr.log" &
 gw_pid=$!
 for _ in $(seq 100); do
   (echo >/dev/tcp/127.0.0.1/$GW_PORT) 2>/dev/null && break
