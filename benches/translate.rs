@@ -4,6 +4,7 @@
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use lynkr::protocol::validate::parse_messages_request;
+use lynkr::providers::anthropic::rewrite_body;
 use lynkr::providers::openai::request::to_chat_request;
 use lynkr::providers::openai::stream::StreamTranslator;
 use lynkr::providers::openai::{MaxTokensField, OpenAiOptions, ReasoningStyle};
@@ -17,28 +18,53 @@ fn opts() -> OpenAiOptions {
     }
 }
 
+/// The request bodies of the load benchmark: a Claude-Code-like 22.5 KB
+/// request with 12 tools, and fixture 01 (76 KB, 24 tools).
+fn bodies() -> [(&'static str, Vec<u8>); 2] {
+    let small = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/bodies/claude-code-22k.json"
+    ))
+    .expect("benches/bodies/claude-code-22k.json");
+    [("22k", small), ("fixture_01", fixture("01"))]
+}
+
 fn request(c: &mut Criterion) {
-    let body = fixture("01");
     let opts = opts();
-    // What the gateway does per request: parse and validate the client's
-    // body, translate it, serialize the OpenAI body.
-    c.bench_function("fixture_01_parse_translate_serialize", |b| {
-        b.iter(|| {
-            let req = parse_messages_request(black_box(&body)).unwrap();
-            let chat = to_chat_request(&req, "gpt-4o", &opts).unwrap();
-            black_box(serde_json::to_vec(&chat).unwrap())
-        })
-    });
-    c.bench_function("fixture_01_parse_only", |b| {
-        b.iter(|| black_box(parse_messages_request(black_box(&body)).unwrap()))
-    });
-    let req = parse_messages_request(&body).unwrap();
-    c.bench_function("fixture_01_translate_serialize_only", |b| {
-        b.iter(|| {
-            let chat = to_chat_request(black_box(&req), "gpt-4o", &opts).unwrap();
-            black_box(serde_json::to_vec(&chat).unwrap())
-        })
-    });
+    for (name, body) in bodies() {
+        // What the gateway does per request on the translating path: parse
+        // and validate the client's body, translate it, serialize it.
+        c.bench_function(&format!("{name}_parse_translate_serialize"), |b| {
+            b.iter(|| {
+                let req = parse_messages_request(black_box(&body)).unwrap();
+                let chat = to_chat_request(&req, "gpt-4o", &opts).unwrap();
+                black_box(serde_json::to_vec(&chat).unwrap())
+            })
+        });
+        c.bench_function(&format!("{name}_parse_only"), |b| {
+            b.iter(|| black_box(parse_messages_request(black_box(&body)).unwrap()))
+        });
+        let req = parse_messages_request(&body).unwrap();
+        c.bench_function(&format!("{name}_translate_serialize_only"), |b| {
+            b.iter(|| {
+                let chat = to_chat_request(black_box(&req), "gpt-4o", &opts).unwrap();
+                black_box(serde_json::to_vec(&chat).unwrap())
+            })
+        });
+        // The Anthropic passthrough: parse and validate, then patch
+        // `model` and `max_tokens` into the client's bytes.
+        c.bench_function(&format!("{name}_passthrough_parse_patch"), |b| {
+            b.iter(|| {
+                let _req = parse_messages_request(black_box(&body)).unwrap();
+                black_box(rewrite_body(&body, "claude-sonnet-4-5", Some(8192)).unwrap())
+            })
+        });
+        c.bench_function(&format!("{name}_passthrough_patch_only"), |b| {
+            b.iter(|| {
+                black_box(rewrite_body(black_box(&body), "claude-sonnet-4-5", Some(8192)).unwrap())
+            })
+        });
+    }
 }
 
 fn stream(c: &mut Criterion) {

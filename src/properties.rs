@@ -490,3 +490,49 @@ proptest! {
         prop_assert!(r.pending().is_empty());
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The passthrough's in-place patch means what a full parse, edit and
+    /// re-serialization would, and leaves every other byte as it was.
+    #[test]
+    fn the_in_place_patch_means_what_a_reserialization_would(
+        members in proptest::collection::vec(("[a-z_]{1,8}|model|max_tokens|thinking", json_value()), 0..8),
+        pretty in any::<bool>(),
+        new_model in "\\PC{0,12}",
+        remove in "[a-z_]{1,8}|thinking",
+    ) {
+        use crate::providers::anthropic::patch::{Edit, TopLevel};
+        let object: serde_json::Map<String, Value> = members.into_iter().collect();
+        let value = Value::Object(object.clone());
+        let body = if pretty { serde_json::to_vec_pretty(&value) } else { serde_json::to_vec(&value) }.unwrap();
+        let scanned = TopLevel::scan(&body).map_err(TestCaseError::fail)?;
+        // Setting a member to its own text changes nothing, byte for byte.
+        if let Some(first) = object.keys().next() {
+            let own = scanned.get(first).unwrap().to_string();
+            prop_assert_eq!(scanned.apply(&[Edit::Set(first, own)]), body.clone());
+        }
+        let model_json = serde_json::to_string(&new_model).unwrap();
+        let patched = scanned.apply(&[Edit::Set("model", model_json), Edit::Remove(&remove), Edit::Set("max_tokens", "7".into())]);
+        let mut expected = object;
+        expected.insert("model".into(), Value::from(new_model.clone()));
+        if remove != "model" && remove != "max_tokens" {
+            expected.remove(&remove);
+        }
+        expected.insert("max_tokens".into(), Value::from(7));
+        let got: Value = serde_json::from_slice(&patched).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(got, Value::Object(expected));
+    }
+
+    #[test]
+    fn the_in_place_patch_never_panics_on_garbage(body in proptest::collection::vec(any::<u8>(), 0..256), json_ish in "[{}\\[\\]\":,\\\\a1 ]{0,64}") {
+        use crate::providers::anthropic::patch::{Edit, TopLevel};
+        for b in [&body[..], json_ish.as_bytes()] {
+            if let Ok(t) = TopLevel::scan(b) {
+                let _ = t.get("model");
+                let _ = t.apply(&[Edit::Set("model", "\"m\"".into()), Edit::Remove("thinking")]);
+            }
+        }
+    }
+}

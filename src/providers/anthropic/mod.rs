@@ -8,9 +8,10 @@ use crate::protocol::anthropic::Usage;
 use crate::protocol::error::ApiError;
 use crate::protocol::sse::{SseEvent, SseParser};
 use bytes::{Bytes, BytesMut};
+use patch::{Edit, TopLevel};
 use serde::Deserialize;
-use serde_json::value::RawValue;
-use std::borrow::Cow;
+
+pub(crate) mod patch;
 
 pub const DEFAULT_VERSION: &str = "2023-06-01";
 
@@ -42,19 +43,24 @@ pub fn rewrite_body(
     model: &str,
     max_tokens_cap: Option<u64>,
 ) -> Result<Bytes, ApiError> {
-    let TopLevel(mut fields) = serde_json::from_slice(raw)
-        .map_err(|e| ApiError::invalid(format!("body: invalid JSON: {e}")))?;
-    set(&mut fields, "model", Some(to_raw(model)));
+    let body =
+        TopLevel::scan(raw).map_err(|e| ApiError::invalid(format!("body: invalid JSON: {e}")))?;
+    let mut edits = vec![Edit::Set(
+        "model",
+        serde_json::to_string(model).expect("a string serializes"),
+    )];
     if let Some(cap) = max_tokens_cap {
-        let asked: u64 = get(&fields, "max_tokens")
-            .and_then(|v| v.get().parse().ok())
+        let asked: u64 = body
+            .get("max_tokens")
+            .and_then(|v| v.parse().ok())
             .unwrap_or(cap);
         let max_tokens = asked.min(cap);
         if max_tokens != asked {
-            set(&mut fields, "max_tokens", Some(to_raw(&max_tokens)));
+            edits.push(Edit::Set("max_tokens", max_tokens.to_string()));
         }
-        let thinking: Option<serde_json::Map<String, serde_json::Value>> =
-            get(&fields, "thinking").and_then(|t| serde_json::from_str(t.get()).ok());
+        let thinking: Option<serde_json::Map<String, serde_json::Value>> = body
+            .get("thinking")
+            .and_then(|t| serde_json::from_str(t).ok());
         if let Some(mut thinking) = thinking {
             let budget = thinking.get("budget_tokens").and_then(|b| b.as_u64());
             if let (Some("enabled"), Some(budget)) =
@@ -64,93 +70,15 @@ pub fn rewrite_body(
                     Some(b) if b == budget => {}
                     Some(b) => {
                         thinking.insert("budget_tokens".into(), b.into());
-                        set(&mut fields, "thinking", Some(to_raw(&thinking)));
+                        let t = serde_json::to_string(&thinking).expect("a map serializes");
+                        edits.push(Edit::Set("thinking", t));
                     }
-                    None => set(&mut fields, "thinking", None),
+                    None => edits.push(Edit::Remove("thinking")),
                 }
             }
         }
     }
-    serde_json::to_vec(&TopLevel(fields))
-        .map(Bytes::from)
-        .map_err(|e| ApiError::api(format!("cannot encode the upstream request: {e}")))
-}
-
-/// A JSON object's members in their original order, values unparsed.
-struct TopLevel<'a>(Vec<(Cow<'a, str>, Raw<'a>)>);
-
-/// A raw JSON value, borrowed from the client's body or made here.
-enum Raw<'a> {
-    Borrowed(&'a RawValue),
-    Owned(Box<RawValue>),
-}
-
-impl Raw<'_> {
-    fn get(&self) -> &str {
-        match self {
-            Raw::Borrowed(r) => r.get(),
-            Raw::Owned(r) => r.get(),
-        }
-    }
-}
-
-/// A plain value as raw JSON.
-fn to_raw<T: serde::Serialize + ?Sized>(v: &T) -> Box<RawValue> {
-    serde_json::value::to_raw_value(v).expect("a plain value serializes")
-}
-
-fn get<'f>(fields: &'f [(Cow<str>, Raw)], key: &str) -> Option<&'f Raw<'f>> {
-    fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-}
-
-/// Replace (or add, or with `None` remove) a member.
-fn set(fields: &mut Vec<(Cow<str>, Raw)>, key: &'static str, value: Option<Box<RawValue>>) {
-    let pos = fields.iter().position(|(k, _)| k == key);
-    match (pos, value) {
-        (Some(i), Some(v)) => fields[i].1 = Raw::Owned(v),
-        (None, Some(v)) => fields.push((Cow::Borrowed(key), Raw::Owned(v))),
-        (Some(i), None) => {
-            fields.remove(i);
-        }
-        (None, None) => {}
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for TopLevel<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = TopLevel<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: serde::de::MapAccess<'de>>(
-                self,
-                mut m: M,
-            ) -> Result<Self::Value, M::Error> {
-                let mut fields = Vec::with_capacity(m.size_hint().unwrap_or(16));
-                while let Some((k, v)) = m.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    fields.push((k, Raw::Borrowed(v)));
-                }
-                Ok(TopLevel(fields))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-impl serde::Serialize for TopLevel<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            match v {
-                Raw::Borrowed(r) => m.serialize_entry(k, r)?,
-                Raw::Owned(r) => m.serialize_entry(k, r)?,
-            }
-        }
-        m.end()
-    }
+    Ok(Bytes::from(body.apply(&edits)))
 }
 
 /// `anthropic-version` (the client's, else the provider's default) and
