@@ -25,7 +25,7 @@ const DRAIN_AFTER_DONE: Duration = Duration::from_secs(1);
 
 /// What every attempt of one request shares.
 pub struct Attempt<'a> {
-    pub req: &'a MessagesRequest,
+    pub req: &'a MessagesRequest<'a>,
     /// The client's body (the passthrough forwards it).
     pub raw: &'a [u8],
     pub client_headers: &'a http::HeaderMap,

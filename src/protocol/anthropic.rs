@@ -7,18 +7,21 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 
+/// Tool definitions borrow from the client's body (`'a`): they are most of
+/// a Claude Code request and pass through untouched.
 #[derive(Debug, Deserialize)]
-pub struct MessagesRequest {
+pub struct MessagesRequest<'a> {
     pub model: String,
     pub messages: Vec<Message>,
     pub max_tokens: u64,
-    #[serde(default)]
-    pub system: Option<SystemPrompt>,
+    #[serde(default, borrow)]
+    pub system: Option<SystemPrompt<'a>>,
     #[serde(default)]
     pub stream: Option<bool>,
-    #[serde(default)]
-    pub tools: Option<Vec<Tool>>,
+    #[serde(default, borrow)]
+    pub tools: Option<Vec<Tool<'a>>>,
     #[serde(default)]
     pub tool_choice: Option<ToolChoice>,
     #[serde(default)]
@@ -35,7 +38,7 @@ pub struct MessagesRequest {
     pub output_config: Option<OutputConfig>,
 }
 
-impl MessagesRequest {
+impl MessagesRequest<'_> {
     pub fn is_stream(&self) -> bool {
         self.stream.unwrap_or(false)
     }
@@ -53,16 +56,16 @@ impl MessagesRequest {
 
 /// `count_tokens` takes the same input as a message request, minus `max_tokens`.
 #[derive(Debug, Deserialize)]
-pub struct CountTokensRequest {
+pub struct CountTokensRequest<'a> {
     pub model: String,
     pub messages: Vec<Message>,
-    #[serde(default)]
-    pub system: Option<SystemPrompt>,
-    #[serde(default)]
-    pub tools: Option<Vec<Tool>>,
+    #[serde(default, borrow)]
+    pub system: Option<SystemPrompt<'a>>,
+    #[serde(default, borrow)]
+    pub tools: Option<Vec<Tool<'a>>>,
 }
 
-impl CountTokensRequest {
+impl CountTokensRequest<'_> {
     pub fn estimated_input_tokens(&self) -> u64 {
         super::estimate::input_tokens(
             self.system.as_ref(),
@@ -110,16 +113,18 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for TextOrBlocks<T> {
     }
 }
 
-pub type SystemPrompt = TextOrBlocks<TextBlock>;
+pub type SystemPrompt<'a> = TextOrBlocks<TextBlock<'a>>;
 pub type Content = TextOrBlocks<ContentBlock>;
 pub type ToolResultContent = TextOrBlocks<ToolResultBlock>;
 
 #[derive(Debug, Deserialize)]
-pub struct TextBlock {
+pub struct TextBlock<'a> {
     /// Always "text"; kept so a wrong type is rejected with its path.
     #[serde(rename = "type")]
     pub kind: TextType,
-    pub text: String,
+    /// Borrowed from the body unless it has escapes.
+    #[serde(borrow)]
+    pub text: Cow<'a, str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,7 +311,7 @@ pub enum ToolResultBlock {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Tool {
+pub struct Tool<'a> {
     /// Absent (or "custom") for client tools; server tools such as
     /// `web_search_20250305` carry a versioned type and no schema.
     #[serde(default, rename = "type")]
@@ -315,15 +320,16 @@ pub struct Tool {
     /// entries (`mcp_toolset`) have none.
     #[serde(default)]
     pub name: String,
-    /// Kept as the raw JSON string token: tool descriptions are most of a
-    /// Claude Code request (47 of 76 KB) and pass through untouched.
-    #[serde(default)]
-    pub description: Option<Box<RawValue>>,
-    #[serde(default)]
-    pub input_schema: Option<Box<RawValue>>,
+    /// Kept as the raw JSON string token, borrowed from the body: tool
+    /// descriptions are most of a Claude Code request (47 of 76 KB) and
+    /// pass through untouched.
+    #[serde(default, borrow)]
+    pub description: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub input_schema: Option<&'a RawValue>,
 }
 
-impl Tool {
+impl Tool<'_> {
     pub fn is_client_tool(&self) -> bool {
         matches!(self.kind.as_deref(), None | Some("custom")) && self.input_schema.is_some()
     }

@@ -104,7 +104,8 @@ mod tests {
     use crate::protocol::validate::parse_messages_request;
 
     fn estimate(body: &serde_json::Value) -> u64 {
-        let req = parse_messages_request(body.to_string().as_bytes()).unwrap();
+        let body = body.to_string();
+        let req = parse_messages_request(body.as_bytes()).unwrap();
         req.estimated_input_tokens()
     }
 

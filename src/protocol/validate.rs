@@ -4,10 +4,10 @@
 
 use super::anthropic::{ContentBlock, CountTokensRequest, MessagesRequest, Role, TextOrBlocks};
 use super::error::ApiError;
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 /// Parse a `POST /v1/messages` body and check what serde cannot.
-pub fn parse_messages_request(body: &[u8]) -> Result<MessagesRequest, ApiError> {
+pub fn parse_messages_request(body: &[u8]) -> Result<MessagesRequest<'_>, ApiError> {
     let req: MessagesRequest = parse_json(body)?;
     check_model(&req.model)?;
     if req.max_tokens == 0 {
@@ -29,7 +29,7 @@ pub fn parse_messages_request(body: &[u8]) -> Result<MessagesRequest, ApiError> 
 }
 
 /// Parse a `POST /v1/messages/count_tokens` body.
-pub fn parse_count_tokens_request(body: &[u8]) -> Result<CountTokensRequest, ApiError> {
+pub fn parse_count_tokens_request(body: &[u8]) -> Result<CountTokensRequest<'_>, ApiError> {
     let req: CountTokensRequest = parse_json(body)?;
     check_model(&req.model)?;
     check_messages(&req.messages)?;
@@ -89,7 +89,7 @@ fn check_messages(messages: &[super::anthropic::Message]) -> Result<(), ApiError
 }
 
 /// What serde leaves unchecked in tools (kept raw for speed).
-fn check_tools(tools: Option<&[super::anthropic::Tool]>) -> Result<(), ApiError> {
+fn check_tools(tools: Option<&[super::anthropic::Tool<'_>]>) -> Result<(), ApiError> {
     for (i, t) in tools.unwrap_or_default().iter().enumerate() {
         if t.description
             .as_ref()
@@ -129,7 +129,7 @@ fn block_name(b: &ContentBlock) -> &'static str {
 }
 
 /// Deserialize JSON, turning serde's error into a message that names the field.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     // serde would read a struct from a JSON array too; requests are objects.
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         return Err(ApiError::invalid("body: must be a JSON object"));
@@ -143,7 +143,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 /// The error of a body that failed to parse, with the failing field's path.
-fn explain<T: DeserializeOwned>(body: &[u8], plain: serde_json::Error) -> ApiError {
+fn explain<'a, T: Deserialize<'a>>(body: &'a [u8], plain: serde_json::Error) -> ApiError {
     let mut de = serde_json::Deserializer::from_slice(body);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Err(e) => describe(e),

@@ -62,7 +62,7 @@ pub struct Features<'a> {
 
 impl<'a> Features<'a> {
     pub fn of(
-        req: &'a MessagesRequest,
+        req: &'a MessagesRequest<'a>,
         estimated_tokens: u64,
         headers: &'a http::HeaderMap,
     ) -> Self {

@@ -57,7 +57,8 @@ fn converse_request_shape() {
                 {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "QQ=="}}]},
         ]
     });
-    let req = parse_messages_request(body.to_string().as_bytes()).unwrap();
+    let body = body.to_string();
+    let req = parse_messages_request(body.as_bytes()).unwrap();
     let c = to_converse(&req, Some(1000), true).unwrap();
     assert_eq!(c["system"], json!([{"text": "be good"}]));
     assert_eq!(
@@ -106,7 +107,8 @@ fn converse_request_shape() {
 #[test]
 fn every_fixture_translates() {
     for p in ["01", "02", "03", "05"] {
-        let req = parse_messages_request(&crate::test_support::fixture(p)).unwrap();
+        let body = crate::test_support::fixture(p);
+        let req = parse_messages_request(&body).unwrap();
         let c = to_converse(&req, None, true).unwrap();
         let roles: Vec<&str> = c["messages"]
             .as_array()

@@ -61,7 +61,7 @@ pub struct OllamaMessage<'a> {
 }
 
 pub fn to_ollama_request<'a>(
-    req: &'a MessagesRequest,
+    req: &'a MessagesRequest<'a>,
     model: &'a str,
     opts: &OpenAiOptions,
     caps: &Capabilities,

@@ -25,7 +25,8 @@ fn request_in_ollama_form() {
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "file text"}]},
         ]
     });
-    let req = parse_messages_request(body.to_string().as_bytes()).unwrap();
+    let body = body.to_string();
+    let req = parse_messages_request(body.as_bytes()).unwrap();
     let out = serde_json::to_value(
         to_ollama_request(
             &req,
@@ -73,7 +74,8 @@ fn url_images_become_a_note() {
     let body = json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}},
         {"type": "text", "text": "what is this?"}]}]});
-    let req = parse_messages_request(body.to_string().as_bytes()).unwrap();
+    let body = body.to_string();
+    let req = parse_messages_request(body.as_bytes()).unwrap();
     let out = serde_json::to_value(
         to_ollama_request(&req, "q", &OpenAiOptions::default(), &caps(false, None)).unwrap(),
     )

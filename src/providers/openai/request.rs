@@ -133,7 +133,7 @@ pub const TOOL_ERROR_PREFIX: &str = "[tool error] ";
 
 /// Translate `req` for an OpenAI-compatible provider serving `model`.
 pub fn to_chat_request<'a>(
-    req: &'a MessagesRequest,
+    req: &'a MessagesRequest<'a>,
     model: &'a str,
     opts: &OpenAiOptions,
 ) -> Result<ChatRequest<'a>, ApiError> {
@@ -155,11 +155,8 @@ pub fn to_chat_request<'a>(
             kind: "function",
             function: FunctionDef {
                 name: &t.name,
-                description: t.description.as_deref(),
-                parameters: t
-                    .input_schema
-                    .as_deref()
-                    .expect("client tools have a schema"),
+                description: t.description,
+                parameters: t.input_schema.expect("client tools have a schema"),
             },
         })
         .collect();
@@ -221,7 +218,7 @@ pub fn to_chat_request<'a>(
 }
 
 fn translate_messages<'a>(
-    req: &'a MessagesRequest,
+    req: &'a MessagesRequest<'a>,
     out: &mut Vec<ChatMessage<'a>>,
 ) -> Result<(), ApiError> {
     // Tool calls of the last assistant message still waiting for a result.
@@ -408,16 +405,15 @@ fn user_content(parts: Vec<Part<'_>>) -> UserContent<'_> {
     UserContent::Parts(parts)
 }
 
-fn join_text(system: &TextOrBlocks<crate::protocol::anthropic::TextBlock>) -> Cow<'_, str> {
+fn join_text<'a>(
+    system: &'a TextOrBlocks<crate::protocol::anthropic::TextBlock<'_>>,
+) -> Cow<'a, str> {
     match system {
         TextOrBlocks::Text(t) => Cow::Borrowed(t),
         TextOrBlocks::Blocks(b) if b.len() == 1 => Cow::Borrowed(&b[0].text),
-        TextOrBlocks::Blocks(b) => Cow::Owned(
-            b.iter()
-                .map(|t| t.text.as_str())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        ),
+        TextOrBlocks::Blocks(b) => {
+            Cow::Owned(b.iter().map(|t| &*t.text).collect::<Vec<_>>().join("\n"))
+        }
     }
 }
 
