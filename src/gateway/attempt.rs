@@ -156,29 +156,16 @@ async fn relay_stream(
     let deadline = tokio::time::sleep_until(a.deadline.into());
     let cut = gw.drain.cut();
     tokio::pin!(deadline, cut);
-    // An error met while batching, handled once what came before it is out.
-    let mut deferred: Option<ApiError> = None;
     loop {
-        let wake = match deferred.take() {
-            Some(e) => Wake::Read(Err(e)),
-            None => tokio::select! {
-                read = ex.read(label) => Wake::Read(read),
-                _ = client_closed(session) => Wake::ClientGone,
-                _ = &mut deadline => Wake::Deadline,
-                _ = &mut cut => Wake::Cut,
-            },
+        let wake = tokio::select! {
+            read = ex.read(label) => Wake::Read(read),
+            _ = client_closed(session) => Wake::ClientGone,
+            _ = &mut deadline => Wake::Deadline,
+            _ = &mut cut => Wake::Cut,
         };
         let started = permit.is_none();
         let step = match wake {
-            Wake::Read(Ok(Some(bytes))) => match decoder.feed(&bytes, &mut out) {
-                Ok(Progress::Continue) => {
-                    let (progress, error) =
-                        take_what_arrived(&mut ex, &mut decoder, &mut out, label);
-                    deferred = error;
-                    Ok(progress)
-                }
-                other => other,
-            },
+            Wake::Read(Ok(Some(bytes))) => decoder.feed(&bytes, &mut out),
             Wake::Read(Ok(None)) => decoder.end_of_input(&mut out).map(|_| Progress::Done),
             // Silence longer than `timeouts.read_ms` once the stream began.
             Wake::Read(Err(e)) if e.status == 504 && started => Err(overloaded(
@@ -242,39 +229,6 @@ async fn relay_stream(
     .await;
     gw.upstream.finish(ex).await;
     Ok(())
-}
-
-/// Output batched before one write to the client.
-const BATCH_BYTES: usize = 64 * 1024;
-
-/// Feed the decoder whatever else of the upstream body has already arrived,
-/// without waiting, so one write to the client carries it all: Pingora
-/// hands a chunked body over one chunk at a time, and an upstream that
-/// sends a burst of events in one packet would otherwise cost a system
-/// call per event. (A read dropped unfinished loses nothing: the relay's
-/// `select!` relies on the same.) An error is returned apart, to be handled
-/// after the output before it was written, as if nothing had been batched.
-fn take_what_arrived(
-    ex: &mut Exchange,
-    decoder: &mut Decoder,
-    out: &mut BytesMut,
-    label: &str,
-) -> (Progress, Option<ApiError>) {
-    use futures_util::FutureExt;
-    while out.len() < BATCH_BYTES {
-        let step = match ex.read(label).now_or_never() {
-            Some(Ok(Some(more))) => decoder.feed(&more, out),
-            Some(Ok(None)) => decoder.end_of_input(out).map(|_| Progress::Done),
-            Some(Err(e)) => Err(e),
-            None => break,
-        };
-        match step {
-            Ok(Progress::Continue) => {}
-            Ok(Progress::Done) => return (Progress::Done, None),
-            Err(e) => return (Progress::Continue, Some(e)),
-        }
-    }
-    (Progress::Continue, None)
 }
 
 /// A whole (non-streamed) answer: read it, translate it, send it at once
