@@ -18,7 +18,9 @@
 #   PERF=1 ONLY=22k-json scripts/loadbench.sh
 #       also `perf record -g` Lynkr during its concurrency-32 run and print the
 #       top symbols (build it with `cargo build --profile profiling` and pass
-#       LYNKR_BIN=target/profiling/lynkr for symbols)
+#       LYNKR_BIN=target/profiling/lynkr for symbols); PERF_CALLGRAPH sets
+#       perf's call-graph options (default -g; for Rust's async stacks use
+#       PERF_CALLGRAPH="--call-graph dwarf,16384 -F 499")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8}

@@ -149,7 +149,6 @@ async fn relay_stream(
         mut decoder,
         permit,
         label,
-        ..
     } = answer;
     let mut permit = Some(permit);
     let mut out = BytesMut::with_capacity(4096);
@@ -245,7 +244,6 @@ async fn whole_answer(
         mut decoder,
         permit,
         label,
-        ..
     } = answer;
     let mut out = BytesMut::new();
     let read = async {
