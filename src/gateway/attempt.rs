@@ -69,7 +69,7 @@ pub async fn run(
         Ok(ex) if (200..300).contains(&ex.status) => ex,
         Ok(ex) => {
             let (err, ex) = ex.into_error(&provider.name).await;
-            gw.upstream.finish(ex).await;
+            gw.upstream.finish(ex);
             return Err(failed(gw, permit, err));
         }
         Err(err) => return Err(failed(gw, permit, err)),
@@ -174,7 +174,7 @@ async fn relay_stream(
             Wake::Read(Err(e)) => Err(e),
             Wake::ClientGone => {
                 // Stop the upstream generating for nobody.
-                ex.abort().await;
+                ex.abort();
                 return Err(Failure::Final(client_disconnected()));
             }
             Wake::Deadline => Err(past_deadline(gw)),
@@ -183,7 +183,7 @@ async fn relay_stream(
         let progress = match step {
             Ok(p) => p,
             Err(e) => {
-                ex.abort().await;
+                ex.abort();
                 if let Some(permit) = permit.take() {
                     // Nothing reached the client: a plain error, maybe a retry.
                     return Err(failed(gw, permit, e));
@@ -201,7 +201,7 @@ async fn relay_stream(
         if !out.is_empty() {
             if let Some(permit) = permit.take() {
                 if let Err(e) = respond::sse_header(session, ctx).await {
-                    ex.abort().await;
+                    ex.abort();
                     drop(permit);
                     return Err(Failure::Final(client_gone(e)));
                 }
@@ -212,7 +212,7 @@ async fn relay_stream(
                 .write_response_body(out.split().freeze(), false)
                 .await
             {
-                ex.abort().await;
+                ex.abort();
                 return Err(Failure::Final(client_gone(e)));
             }
         }
@@ -226,7 +226,7 @@ async fn relay_stream(
         while let Ok(Some(_)) = ex.read(label).await {}
     })
     .await;
-    gw.upstream.finish(ex).await;
+    gw.upstream.finish(ex);
     Ok(())
 }
 
@@ -259,11 +259,11 @@ async fn whole_answer(
         _ = gw.drain.cut() => Err(shutting_down()),
     };
     if let Err(e) = result {
-        ex.abort().await;
+        ex.abort();
         return Err(failed(gw, permit, e));
     }
     permit.success();
-    gw.upstream.finish(ex).await;
+    gw.upstream.finish(ex);
     note_usage(ctx, decoder.usage());
     let body = out.freeze();
     if ctx.stream {

@@ -213,13 +213,13 @@ pub async fn count_tokens(
                 .map_err(redact)?;
             if !(200..300).contains(&ex.status) {
                 let (err, ex) = ex.into_error(&provider.name).await;
-                gw.upstream.finish(ex).await;
+                gw.upstream.finish(ex);
                 return Err(redact(err));
             }
             let reply = ex
                 .read_all(&provider.name, gw.limits.max_response_bytes)
                 .await;
-            gw.upstream.finish(ex).await;
+            gw.upstream.finish(ex);
             respond::json(session, ctx, 200, reply.map_err(redact)?).await;
             return Ok(());
         }

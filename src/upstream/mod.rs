@@ -1,15 +1,25 @@
-//! The upstream exchange through Pingora's HTTP connector: pooled
-//! keep-alive connections, rustls TLS, timeouts from config, any body size.
+//! The upstream exchange: HTTP/1.1 over pooled keep-alive connections,
+//! rustls TLS through Pingora's connector, timeouts from config, any body
+//! size.
 //!
-//! Pingora's own proxy loop is not used for this: it would have to pre-read
-//! the body into its fixed 64 KiB retry buffer, which hangs on Claude Code's
-//! 80-130 KB requests (see DESIGN.md).
+//! Pingora's proxy loop is not used: it would pre-read the body into its
+//! fixed 64 KiB retry buffer, which hangs on Claude Code's 80-130 KB
+//! requests (see DESIGN.md). Its HTTP client is not used either: it writes
+//! the request head and body in separate system calls, spawns a task for
+//! every connection it pools, and hands out a streamed body one upstream
+//! chunk at a time (one client write per SSE event).
+
+mod chunked;
+mod conn;
+mod h1;
 
 use crate::config::TimeoutsConfig;
 use crate::protocol::error::{upstream_error_message, ApiError, ErrorKind};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use conn::{Conn, IdlePool, PoolKey};
+use h1::{Body, ResponseHead};
 use pingora_core::connectors::http::Connector;
-use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::tls::CaType;
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -19,8 +29,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-/// How long a resolved provider address is reused before resolving again.
+/// Socket read size for response heads and streamed bodies.
+const READ_CHUNK: usize = 16 * 1024;
 const DNS_TTL: Duration = Duration::from_secs(30);
 /// Upper bound on an upstream error body kept for its message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -85,31 +98,84 @@ pub struct Outgoing<'a> {
 }
 
 pub struct UpstreamClient {
-    connector: Connector,
+    /// TLS connections (rustls, the provider's CAs); plain TCP is direct.
+    tls: TransportConnector,
+    pool: IdlePool,
     connect: Duration,
     first_byte: Duration,
     read: Duration,
     write: Duration,
-    pool_idle: Duration,
     dns: Mutex<HashMap<(String, u16), (Instant, SocketAddr)>>,
 }
 
 /// A request in flight: the response header has arrived.
 pub struct Exchange {
-    session: HttpSession,
-    peer: HttpPeer,
+    conn: Conn,
+    key: PoolKey,
+    /// Bytes read from the connection and not yet handed out.
+    buf: BytesMut,
+    head: ResponseHead,
+    body: Body,
+    read_timeout: Duration,
     pub status: u16,
+}
+
+/// What went wrong on the connection, before it becomes an `ApiError`.
+#[derive(Debug)]
+enum Fault {
+    ConnectTimeout,
+    Connect(String),
+    WriteTimeout,
+    ReadTimeout,
+    /// Closed by the upstream; `true` when no byte of a response came.
+    Closed(bool),
+    Io(std::io::Error, bool),
+    Protocol(String),
+}
+
+impl Fault {
+    /// The request never reached a live server: a pooled connection the
+    /// server had already closed. Sending it again on another is safe.
+    fn is_stale(&self) -> bool {
+        matches!(self, Fault::Closed(true) | Fault::Io(_, true))
+    }
+
+    /// Connection-level failures: timeouts as 504, the rest as 502, all
+    /// `api_error`, so Claude Code's own retry takes over.
+    fn into_api(self, provider: &str) -> ApiError {
+        let (status, what, detail) = match self {
+            Fault::ConnectTimeout => (504, "upstream connect timed out", String::new()),
+            Fault::WriteTimeout => (504, "upstream write timed out", String::new()),
+            Fault::ReadTimeout => (504, "upstream read timed out", String::new()),
+            Fault::Connect(e) => (502, "upstream connect error", e),
+            Fault::Closed(_) => (
+                502,
+                "upstream connection error",
+                "the upstream closed the connection".into(),
+            ),
+            Fault::Io(e, _) => (502, "upstream connection error", e.to_string()),
+            Fault::Protocol(e) => (502, "upstream connection error", e),
+        };
+        let message = if detail.is_empty() {
+            format!("{what} ({provider})")
+        } else {
+            format!("{what} ({provider}): {detail}")
+        };
+        let mut err = ApiError::new(ErrorKind::ApiError, message).with_status(status);
+        err.origin = crate::protocol::error::Origin::Transport;
+        err
+    }
 }
 
 impl UpstreamClient {
     pub fn new(t: &TimeoutsConfig) -> Self {
         UpstreamClient {
-            connector: Connector::new(None),
+            tls: TransportConnector::new(None),
+            pool: IdlePool::new(Duration::from_millis(t.pool_idle_ms)),
             connect: Duration::from_millis(t.connect_ms),
             first_byte: Duration::from_millis(t.first_byte_ms),
             read: Duration::from_millis(t.read_ms),
             write: Duration::from_millis(t.write_ms),
-            pool_idle: Duration::from_millis(t.pool_idle_ms),
             dns: Mutex::new(HashMap::new()),
         }
     }
@@ -117,51 +183,96 @@ impl UpstreamClient {
     /// POST the request and wait for the response header. `label` names
     /// the upstream in error messages (the provider's name).
     pub async fn send(&self, out: &Outgoing<'_>, label: &str) -> Result<Exchange, ApiError> {
-        let peer = self.peer(out.endpoint, out.ca).await?;
+        let ep = out.endpoint;
+        let addr = self.resolve(&ep.host, ep.port).await?;
+        let key = PoolKey::new(addr, ep.tls.then_some(ep.host.as_str()), out.ca);
+        let head = h1::request_head(out)
+            .map_err(|e| ApiError::api(format!("cannot build the upstream request: {e}")))?;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (mut session, reused) = self
-                .connector
-                .get_http_session(&peer)
-                .await
-                .map_err(|e| transport_error(&e, label))?;
-            let header = request_header(out)?;
-            session.set_write_timeout(Some(self.write));
-            session.set_read_timeout(Some(self.first_byte));
-            match exchange(&mut session, header, out.body.clone()).await {
-                Ok(status) => {
-                    session.set_read_timeout(Some(self.read));
+            let (mut conn, reused) = match self.pool.take(&key) {
+                Some(conn) => (conn, true),
+                None => (
+                    self.open(addr, out).await.map_err(|f| f.into_api(label))?,
+                    false,
+                ),
+            };
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            match self.exchange(&mut conn, &head, &out.body, &mut buf).await {
+                Ok((head, body)) => {
                     return Ok(Exchange {
-                        session,
-                        peer,
-                        status,
-                    });
+                        conn,
+                        key,
+                        buf,
+                        status: head.status,
+                        head,
+                        body,
+                        read_timeout: self.read,
+                    })
                 }
-                // A pooled connection the server had already closed: nothing
-                // was processed, so the request is sent again on another.
-                Err(e) if reused && attempt < STALE_CONNECTION_ATTEMPTS && is_stale(&e) => {
-                    tracing::debug!(upstream = %label, error = %e, "stale pooled connection, retrying");
-                    session.shutdown().await;
+                Err(f) if reused && attempt < STALE_CONNECTION_ATTEMPTS && f.is_stale() => {
+                    tracing::debug!(upstream = %label, error = ?f, "stale pooled connection, retrying");
                 }
-                Err(e) => {
-                    session.shutdown().await;
-                    return Err(transport_error(&e, label));
-                }
+                Err(f) => return Err(f.into_api(label)),
             }
         }
     }
 
-    async fn peer(
+    /// A new connection: TCP directly, TLS through Pingora's connector.
+    async fn open(&self, addr: SocketAddr, out: &Outgoing<'_>) -> Result<Conn, Fault> {
+        let ep = out.endpoint;
+        if ep.tls {
+            let peer = http_peer(addr, ep, out.ca.cloned(), self.connect, self.first_byte);
+            return match self.tls.new_stream(&peer).await {
+                Ok(stream) => Ok(Conn::Tls(stream)),
+                Err(e) if e.etype() == &ErrorType::ConnectTimedout => Err(Fault::ConnectTimeout),
+                Err(e) => Err(Fault::Connect(e.to_string())),
+            };
+        }
+        let stream = tokio::time::timeout(self.connect, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Fault::ConnectTimeout)?
+            .map_err(|e| Fault::Connect(format!("{addr}: {e}")))?;
+        // Requests go out whole; Nagle would only hold back their tail.
+        let _ = stream.set_nodelay(true);
+        Ok(Conn::Plain(stream))
+    }
+
+    /// Write the request (head and body in one write where the transport
+    /// allows) and read the response head.
+    async fn exchange(
         &self,
-        ep: &Endpoint,
-        ca: Option<&std::sync::Arc<CaType>>,
-    ) -> Result<HttpPeer, ApiError> {
-        let addr = self.resolve(&ep.host, ep.port).await?;
-        let mut peer = http_peer(addr, ep, ca.cloned(), self.connect, self.first_byte);
-        peer.options.write_timeout = Some(self.write);
-        peer.options.idle_timeout = Some(self.pool_idle);
-        Ok(peer)
+        conn: &mut Conn,
+        head: &[u8],
+        body: &[u8],
+        buf: &mut BytesMut,
+    ) -> Result<(ResponseHead, Body), Fault> {
+        tokio::time::timeout(self.write, write_request(conn, head, body))
+            .await
+            .map_err(|_| Fault::WriteTimeout)?
+            .map_err(|e| Fault::Io(e, true))?;
+        let read_head = async {
+            loop {
+                if let Some(mut head) = h1::parse_response_head(buf).map_err(Fault::Protocol)? {
+                    if head.is_interim() {
+                        continue;
+                    }
+                    let body = head.body().map_err(Fault::Protocol)?;
+                    return Ok((head, body));
+                }
+                buf.reserve(READ_CHUNK);
+                let nothing_yet = buf.is_empty();
+                match conn.read_buf(buf).await {
+                    Ok(0) => return Err(Fault::Closed(nothing_yet)),
+                    Ok(_) => {}
+                    Err(e) => return Err(Fault::Io(e, nothing_yet)),
+                }
+            }
+        };
+        tokio::time::timeout(self.first_byte, read_head)
+            .await
+            .map_err(|_| Fault::ReadTimeout)?
     }
 
     /// Resolve without blocking a worker thread; cached for `DNS_TTL`.
@@ -183,31 +294,68 @@ impl UpstreamClient {
     }
 
     /// Return a fully read connection to the pool, or close it.
-    pub async fn finish(&self, mut ex: Exchange) {
-        if ex.session.response_done() {
-            self.connector
-                .release_http_session(ex.session, &ex.peer, Some(self.pool_idle))
-                .await;
-        } else {
-            ex.session.shutdown().await;
+    pub fn finish(&self, ex: Exchange) {
+        if ex.body.is_done() && ex.head.keep_alive && ex.buf.is_empty() {
+            self.pool.put(ex.key, ex.conn);
         }
     }
+
+    /// Idle upstream connections held.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle_count()
+    }
+}
+
+/// Write head and body, vectored: one `writev` for a plain connection.
+async fn write_request(conn: &mut Conn, mut head: &[u8], mut body: &[u8]) -> std::io::Result<()> {
+    while !head.is_empty() || !body.is_empty() {
+        let slices = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+        let n = conn.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        if n < head.len() {
+            head = &head[n..];
+        } else {
+            body = &body[n - head.len()..];
+            head = &[];
+        }
+    }
+    conn.flush().await
 }
 
 impl Exchange {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.session
-            .response_header()
-            .and_then(|h| h.headers.get(name))
-            .and_then(|v| v.to_str().ok())
+        self.head.header(name)
     }
 
-    /// The next piece of the body; `None` at its end.
+    /// The body that has arrived since the last call (all of it, however
+    /// the upstream framed it); `None` at its end. Cancel-safe: a read
+    /// dropped in a `select!` loses nothing.
     pub async fn read(&mut self, provider: &str) -> Result<Option<Bytes>, ApiError> {
-        self.session
-            .read_response_body()
-            .await
-            .map_err(|e| transport_error(&e, provider))
+        loop {
+            let fault = |f: Fault| f.into_api(provider);
+            if let Some(data) = self
+                .body
+                .take(&mut self.buf)
+                .map_err(|e| fault(Fault::Protocol(e)))?
+            {
+                return Ok(Some(data));
+            }
+            if self.body.is_done() {
+                return Ok(None);
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(self.body.read_hint());
+            }
+            let read = tokio::time::timeout(self.read_timeout, self.conn.read_buf(&mut self.buf));
+            match read.await {
+                Err(_) => return Err(fault(Fault::ReadTimeout)),
+                Ok(Err(e)) => return Err(fault(Fault::Io(e, false))),
+                Ok(Ok(0)) => self.body.at_eof().map_err(|e| fault(Fault::Protocol(e)))?,
+                Ok(Ok(_)) => {}
+            }
+        }
     }
 
     /// The whole body, up to `limit` bytes.
@@ -238,10 +386,9 @@ impl Exchange {
         (err, self)
     }
 
-    /// Abandon the request (client gone, stream broken): close the connection.
-    pub async fn abort(mut self) {
-        self.session.shutdown().await;
-    }
+    /// Abandon the request (client gone, stream broken): close the
+    /// connection, which tells the upstream to stop generating.
+    pub fn abort(self) {}
 }
 
 async fn lookup(host: &str, port: u16) -> Option<SocketAddr> {
@@ -335,81 +482,6 @@ pub async fn probe_http(
     tokio::time::timeout(timeout, probe)
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
-}
-
-async fn exchange(
-    session: &mut HttpSession,
-    header: RequestHeader,
-    body: Bytes,
-) -> pingora_error::Result<u16> {
-    session.write_request_header(Box::new(header)).await?;
-    session.write_request_body(body, true).await?;
-    session.finish_request_body().await?;
-    session.read_response_header().await?;
-    Ok(session
-        .response_header()
-        .map(|h| h.status.as_u16())
-        .unwrap_or(502))
-}
-
-fn request_header(out: &Outgoing<'_>) -> Result<RequestHeader, ApiError> {
-    let build = || -> pingora_error::Result<RequestHeader> {
-        let mut h = RequestHeader::build("POST", out.endpoint.path.as_bytes(), Some(8))?;
-        h.insert_header("host", out.endpoint.authority())?;
-        h.insert_header("content-type", "application/json")?;
-        h.insert_header("content-length", out.body.len().to_string())?;
-        // No accept-encoding: the body is parsed (SSE) as it arrives.
-        h.insert_header(
-            "accept",
-            if out.stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            },
-        )?;
-        h.insert_header("user-agent", concat!("lynkr/", env!("CARGO_PKG_VERSION")))?;
-        h.insert_header("x-request-id", out.request_id)?;
-        for (name, value) in out.headers {
-            h.insert_header(*name, value.as_str())?;
-        }
-        for (name, value) in out.extra_headers {
-            h.insert_header(name.clone(), value.as_str())?;
-        }
-        Ok(h)
-    };
-    build().map_err(|e| ApiError::api(format!("cannot build the upstream request: {e}")))
-}
-
-fn is_stale(e: &Error) -> bool {
-    matches!(
-        e.etype(),
-        ErrorType::ConnectionClosed
-            | ErrorType::ReadError
-            | ErrorType::WriteError
-            | ErrorType::H1Error
-    )
-}
-
-/// Connection-level failures: timeouts as 504, the rest as 502, all
-/// `api_error`, so Claude Code's own retry takes over.
-fn transport_error(e: &Error, provider: &str) -> ApiError {
-    let (status, what) = match e.etype() {
-        ErrorType::ConnectTimedout => (504, "upstream connect timed out"),
-        ErrorType::ReadTimedout => (504, "upstream read timed out"),
-        ErrorType::WriteTimedout => (504, "upstream write timed out"),
-        ErrorType::ConnectRefused
-        | ErrorType::ConnectNoRoute
-        | ErrorType::ConnectError
-        | ErrorType::TLSHandshakeFailure
-        | ErrorType::TLSHandshakeTimedout
-        | ErrorType::InvalidCert
-        | ErrorType::HandshakeError => (502, "upstream connect error"),
-        _ => (502, "upstream connection error"),
-    };
-    let mut err =
-        ApiError::new(ErrorKind::ApiError, format!("{what} ({provider}): {e}")).with_status(status);
-    err.origin = crate::protocol::error::Origin::Transport;
-    err
 }
 
 #[cfg(test)]
