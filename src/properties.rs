@@ -536,3 +536,97 @@ proptest! {
         }
     }
 }
+
+/// `data` in chunks of the given sizes (cycled), with the framing an
+/// upstream may use: extensions, upper-case hex, a trailer.
+fn chunk_encode(
+    data: &[u8],
+    sizes: &[usize],
+    upper: bool,
+    extension: bool,
+    trailer: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = (sizes[i % sizes.len()]).clamp(1, rest.len());
+        i += 1;
+        let size = if upper {
+            format!("{n:X}")
+        } else {
+            format!("{n:x}")
+        };
+        out.extend_from_slice(size.as_bytes());
+        if extension {
+            out.extend_from_slice(b";ext=1");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&rest[..n]);
+        out.extend_from_slice(b"\r\n");
+        rest = &rest[n..];
+    }
+    out.extend_from_slice(b"0\r\n");
+    if trailer {
+        out.extend_from_slice(b"x-usage: 1\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any data, any chunk sizes, any split of the wire bytes into socket
+    /// reads: the same data comes out, and the body ends exactly once.
+    #[test]
+    fn a_chunked_body_decodes_the_same_however_it_arrives(
+        data in proptest::collection::vec(any::<u8>(), 0..2048),
+        sizes in proptest::collection::vec(1usize..600, 1..8),
+        cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        upper in any::<bool>(), extension in any::<bool>(), trailer in any::<bool>(),
+    ) {
+        use crate::upstream::chunked::ChunkedDecoder;
+        let wire = chunk_encode(&data, &sizes, upper, extension, trailer);
+        let mut decoder = ChunkedDecoder::default();
+        let mut input = BytesMut::new();
+        let mut out = BytesMut::new();
+        for piece in split(&wire, &cuts) {
+            prop_assert!(!decoder.is_done() || piece.is_empty());
+            input.extend_from_slice(piece);
+            decoder.decode(&mut input, &mut out).unwrap();
+        }
+        prop_assert!(decoder.is_done());
+        prop_assert!(input.is_empty());
+        prop_assert_eq!(&out[..], &data[..]);
+    }
+
+    /// Garbage as a chunked body or as a response head: an error or a
+    /// result, never a panic, and never more data out than bytes in.
+    #[test]
+    fn any_bytes_as_upstream_http_framing_never_panic(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        head_ish in "(HTTP/1\\.[01] [0-9]{3} [A-Za-z ]{0,8}\r\n)?([A-Za-z-]{1,16}: [ -~]{0,16}\r\n){0,6}(\r\n)?",
+        cuts in proptest::collection::vec(any::<usize>(), 0..6),
+    ) {
+        use crate::upstream::chunked::ChunkedDecoder;
+        use crate::upstream::h1::parse_response_head;
+        let mut decoder = ChunkedDecoder::default();
+        let mut input = BytesMut::new();
+        let mut out = BytesMut::new();
+        for piece in split(&bytes, &cuts) {
+            input.extend_from_slice(piece);
+            if decoder.decode(&mut input, &mut out).is_err() {
+                break;
+            }
+        }
+        prop_assert!(out.len() <= bytes.len());
+        for candidate in [&bytes[..], head_ish.as_bytes()] {
+            let mut buf = BytesMut::from(candidate);
+            if let Ok(Some(mut head)) = parse_response_head(&mut buf) {
+                let _ = head.body();
+                let _ = head.header("content-length");
+            }
+        }
+    }
+}

@@ -204,7 +204,6 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, S
         headers,
         keep_alive: false,
     };
-    drop(res);
     head.raw = buf.split_to(len).freeze();
     let close = head
         .all("connection")

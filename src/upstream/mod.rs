@@ -9,9 +9,9 @@
 //! every connection it pools, and hands out a streamed body one upstream
 //! chunk at a time (one client write per SSE event).
 
-mod chunked;
+pub(crate) mod chunked;
 mod conn;
-mod h1;
+pub(crate) mod h1;
 
 use crate::config::TimeoutsConfig;
 use crate::protocol::error::{upstream_error_message, ApiError, ErrorKind};
@@ -485,16 +485,4 @@ pub async fn probe_http(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::error::Origin;
-
-    /// Regression: an unresolvable host came back as the gateway's own
-    /// error, so the route no longer fell back to its next target.
-    #[tokio::test]
-    async fn an_unresolvable_host_is_a_transport_failure() {
-        let client = UpstreamClient::new(&TimeoutsConfig::default());
-        let e = client.resolve("nothing.invalid", 443).await.unwrap_err();
-        assert_eq!((e.status, e.origin), (502, Origin::Transport));
-    }
-}
+mod tests;
