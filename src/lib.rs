@@ -1,6 +1,7 @@
 //! Lynkr: a gateway that lets Claude Code (and any Anthropic Messages API
 //! client) run on any model provider. Built on Cloudflare's Pingora.
 
+pub mod access_log;
 pub mod config;
 pub mod gateway;
 pub mod logging;

@@ -50,6 +50,7 @@ pub fn init(cfg: &LoggingConfig) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    crate::access_log::write_json_directly(json);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

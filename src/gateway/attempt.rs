@@ -180,23 +180,18 @@ async fn relay_stream(
             Wake::Deadline => Err(past_deadline(gw)),
             Wake::Cut => Err(shutting_down()),
         };
-        let progress = match step {
-            Ok(p) => p,
-            Err(e) => {
+        // Events decoded before a fault in the same read still reach the
+        // client, then the error: what the client sees does not depend on
+        // how the upstream's bytes were split into reads.
+        let (progress, fault) = match step {
+            Ok(p) => (p, None),
+            Err(e) if permit.is_some() && out.is_empty() => {
+                // Nothing reached the client: a plain error, maybe a retry.
                 ex.abort();
-                if let Some(permit) = permit.take() {
-                    // Nothing reached the client: a plain error, maybe a retry.
-                    return Err(failed(gw, permit, e));
-                }
-                // Mid-stream: an `event: error`, so Claude Code retries.
-                let e = gw.redact(e);
-                ctx.error = Some(e.message.clone());
-                out.extend_from_slice(e.sse_event().as_bytes());
-                let _ = session
-                    .write_response_body(out.split().freeze(), true)
-                    .await;
-                return Ok(());
+                let permit = permit.take().expect("checked above");
+                return Err(failed(gw, permit, e));
             }
+            Err(e) => (Progress::Done, Some(e)),
         };
         if !out.is_empty() {
             if let Some(permit) = permit.take() {
@@ -208,6 +203,19 @@ async fn relay_stream(
                 // The provider's answer is reaching the client.
                 permit.success();
             }
+        }
+        if let Some(e) = fault {
+            // Mid-stream: an `event: error`, so Claude Code retries.
+            ex.abort();
+            let e = gw.redact(e);
+            ctx.error = Some(e.message.clone());
+            out.extend_from_slice(e.sse_event().as_bytes());
+            let _ = session
+                .write_response_body(out.split().freeze(), true)
+                .await;
+            return Ok(());
+        }
+        if !out.is_empty() {
             if let Err(e) = session
                 .write_response_body(out.split().freeze(), false)
                 .await

@@ -16,6 +16,7 @@ pub use drain::{Drain, DrainService};
 pub use http::LynkrApp;
 pub use trim::IdleTrim;
 
+use crate::access_log::AccessRecord;
 use crate::config::{Config, LimitsConfig};
 use crate::metrics::{Finished, Metrics, Upstream};
 use crate::protocol::error::{ApiError, ErrorKind};
@@ -252,28 +253,32 @@ impl Gateway {
                 cost,
             }),
         });
-        tracing::info!(
-            target: "lynkr::access",
-            request_id = %ctx.request_id,
-            session_id = req.headers.get("x-claude-code-session-id").and_then(|v| v.to_str().ok()).unwrap_or(""),
-            method = %req.method,
-            path = req.uri.path(),
-            status = ctx.status,
-            model = ctx.model.as_deref().unwrap_or(""),
-            route = ctx.route_label().unwrap_or_default(),
-            provider = target.map_or("", |t| t.provider.as_str()),
-            upstream_model = target.map_or("", |t| t.model.as_str()),
-            attempts = ctx.attempts,
-            endpoint = ctx.endpoint.as_deref().unwrap_or(""),
-            stream = ctx.stream,
-            input_tokens = ctx.input_tokens,
-            output_tokens = ctx.output_tokens,
-            first_byte_ms = ctx.first_byte_ms,
-            duration_ms = duration.as_millis() as u64,
+        let route = ctx.route_label().unwrap_or_default();
+        AccessRecord {
+            request_id: &ctx.request_id,
+            session_id: req
+                .headers
+                .get("x-claude-code-session-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status: ctx.status,
+            model: ctx.model.as_deref().unwrap_or(""),
+            route: &route,
+            provider: target.map_or("", |t| t.provider.as_str()),
+            upstream_model: target.map_or("", |t| t.model.as_str()),
+            attempts: ctx.attempts,
+            endpoint: ctx.endpoint.as_deref().unwrap_or(""),
+            stream: ctx.stream,
+            input_tokens: ctx.input_tokens,
+            output_tokens: ctx.output_tokens,
+            first_byte_ms: ctx.first_byte_ms,
+            duration_ms: duration.as_millis() as u64,
             cost,
-            error = ctx.error.as_deref().unwrap_or(""),
-            "request"
-        );
+            error: ctx.error.as_deref().unwrap_or(""),
+        }
+        .emit();
     }
 }
 

@@ -1004,6 +1004,20 @@ pub fn raw_post(body: &Value) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `/metrics/observability` once `ready` holds for it (or after 5 s). A
+/// request is counted after its response is sent, so a client that has
+/// its answer can be a moment ahead of the counters.
+pub async fn summary_when(gw: &Gateway, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let summary = get_json(&gw.url("/metrics/observability")).await;
+        if ready(&summary) || Instant::now() > deadline {
+            return summary;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `cond` every 20 ms until it holds or `within` passes.
 pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
