@@ -39,20 +39,34 @@ pub async fn read(
     }
     let read_all =
         async {
-            let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+            // A body that arrives in one piece (the usual case) is kept as
+            // it is; only a second piece makes a copy.
+            let mut first: Option<Bytes> = None;
+            let mut body = BytesMut::new();
+            let mut len = 0;
             while let Some(chunk) = session.read_request_body().await.map_err(|e| {
                 ApiError::invalid(format!("body: could not read the request body: {e}"))
             })? {
-                if body.len() + chunk.len() > limit {
+                if len + chunk.len() > limit {
                     return Err(too_large(limit));
                 }
-                let grow = (body.len() + chunk.len()).saturating_sub(reservation.bytes());
+                let grow = (len + chunk.len()).saturating_sub(reservation.bytes());
                 if grow > 0 && reservation.grow(grow).is_err() {
                     return Err(over_budget(ctx));
                 }
-                body.extend_from_slice(&chunk);
+                len += chunk.len();
+                match first.take() {
+                    None if body.is_empty() => first = Some(chunk),
+                    earlier => {
+                        if let Some(earlier) = earlier {
+                            body.reserve(declared.unwrap_or(0).max(len));
+                            body.extend_from_slice(&earlier);
+                        }
+                        body.extend_from_slice(&chunk);
+                    }
+                }
             }
-            Ok(body.freeze())
+            Ok(first.unwrap_or_else(|| body.freeze()))
         };
     let body = tokio::time::timeout(gw.client_read, read_all)
         .await

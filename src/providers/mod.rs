@@ -279,10 +279,6 @@ impl Provider {
         model: &str,
         client_headers: &http::HeaderMap,
     ) -> Result<Prepared<'_>, ApiError> {
-        let encode = |r: serde_json::Result<Vec<u8>>| {
-            r.map(Bytes::from)
-                .map_err(|e| ApiError::api(format!("cannot encode the upstream request: {e}")))
-        };
         let mut opts = self.openai;
         if !self.capabilities.reasoning {
             opts.reasoning = openai::ReasoningStyle::None;
@@ -290,9 +286,10 @@ impl Provider {
         let mut headers: Vec<(&'static str, String)> = self.auth.iter().cloned().collect();
         let mut endpoint = Cow::Borrowed(&self.endpoint);
         let body = match self.kind {
-            ProviderKind::Openai => encode(serde_json::to_vec(&openai::request::to_chat_request(
-                req, model, &opts,
-            )?))?,
+            ProviderKind::Openai => encode(
+                &openai::request::to_chat_request(req, model, &opts)?,
+                raw.len(),
+            )?,
             ProviderKind::Anthropic => {
                 headers.extend(anthropic::forward_headers(
                     client_headers,
@@ -306,7 +303,7 @@ impl Provider {
                     self.capabilities.max_output_tokens,
                     self.capabilities.reasoning,
                 )?;
-                let body = encode(serde_json::to_vec(&converse))?;
+                let body = encode(&converse, raw.len())?;
                 let path = bedrock::path(&self.endpoint, model, req.is_stream());
                 if let Some((region, Some(creds))) = &self.aws {
                     headers.extend(bedrock::sign(
@@ -324,12 +321,10 @@ impl Provider {
                 });
                 body
             }
-            ProviderKind::Ollama => encode(serde_json::to_vec(&ollama::to_ollama_request(
-                req,
-                model,
-                &opts,
-                &self.capabilities,
-            )?))?,
+            ProviderKind::Ollama => encode(
+                &ollama::to_ollama_request(req, model, &opts, &self.capabilities)?,
+                raw.len(),
+            )?,
         };
         Ok(Prepared {
             endpoint,
@@ -502,4 +497,14 @@ mod tests {
         let p = Provider::from_config("a", &c, &env).unwrap();
         assert_eq!(p.auth, Some(("api-key", "sk-secret".into())));
     }
+}
+
+/// The upstream body, straight into one buffer about the size of the
+/// client's (a translation is about as long): growing from serde_json's
+/// 128 bytes copied the body about twice over.
+fn encode<T: serde::Serialize>(value: &T, client_body_len: usize) -> Result<Bytes, ApiError> {
+    let mut out = Vec::with_capacity(client_body_len + 1024);
+    serde_json::to_writer(&mut out, value)
+        .map(|()| Bytes::from(out))
+        .map_err(|e| ApiError::api(format!("cannot encode the upstream request: {e}")))
 }
