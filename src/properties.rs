@@ -630,3 +630,34 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A delta written directly is byte for byte the event serde_json
+    /// writes for the same `Value`, for any text (escapes, controls,
+    /// any Unicode) and any index.
+    #[test]
+    fn a_delta_event_is_written_as_serde_json_would(
+        text in any::<String>(),
+        index in any::<usize>(),
+        kind in 0u8..4,
+    ) {
+        use crate::protocol::events::Delta;
+        let delta = match kind {
+            0 => Delta::Text(&text),
+            1 => Delta::Thinking(&text),
+            2 => Delta::InputJson(&text),
+            _ => Delta::Signature(&text),
+        };
+        let mut direct = BytesMut::new();
+        delta.write_event(index, &mut direct);
+        let mut through_value = BytesMut::new();
+        crate::protocol::sse::write_event(
+            &mut through_value,
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": delta.to_value()}),
+        );
+        prop_assert_eq!(&direct[..], &through_value[..]);
+    }
+}

@@ -151,6 +151,7 @@ pub fn message_events(msg: &MessageResponse) -> BytesMut {
     let mut ev = EventWriter::new(msg.model.clone());
     ev.start(|| msg.id.clone());
     for (i, block) in msg.content.iter().enumerate() {
+        let input_json;
         let (kind, empty, delta) = match block {
             ResponseBlock::Text { text } => (BlockKind::Text, empty_text(), text_delta(text)),
             ResponseBlock::Thinking { thinking, .. } => (
@@ -161,7 +162,10 @@ pub fn message_events(msg: &MessageResponse) -> BytesMut {
             ResponseBlock::ToolUse { id, name, input } => (
                 BlockKind::ToolUse,
                 empty_tool_use(id, name),
-                input_json_delta(&input.to_string()),
+                input_json_delta({
+                    input_json = input.to_string();
+                    &input_json
+                }),
             ),
         };
         ev.open(BlockKey::new(kind, i as u64), || empty, &mut out);

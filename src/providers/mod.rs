@@ -434,6 +434,16 @@ fn chat_completions_endpoint(cfg: &ProviderConfig, base_url: &str) -> Result<End
     Endpoint::from_url(&url)
 }
 
+/// The upstream body, straight into one buffer about the size of the
+/// client's (a translation is about as long): growing from serde_json's
+/// 128 bytes copied the body about twice over.
+fn encode<T: serde::Serialize>(value: &T, client_body_len: usize) -> Result<Bytes, ApiError> {
+    let mut out = Vec::with_capacity(client_body_len + 1024);
+    serde_json::to_writer(&mut out, value)
+        .map(|()| Bytes::from(out))
+        .map_err(|e| ApiError::api(format!("cannot encode the upstream request: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,14 +507,4 @@ mod tests {
         let p = Provider::from_config("a", &c, &env).unwrap();
         assert_eq!(p.auth, Some(("api-key", "sk-secret".into())));
     }
-}
-
-/// The upstream body, straight into one buffer about the size of the
-/// client's (a translation is about as long): growing from serde_json's
-/// 128 bytes copied the body about twice over.
-fn encode<T: serde::Serialize>(value: &T, client_body_len: usize) -> Result<Bytes, ApiError> {
-    let mut out = Vec::with_capacity(client_body_len + 1024);
-    serde_json::to_writer(&mut out, value)
-        .map(|()| Bytes::from(out))
-        .map_err(|e| ApiError::api(format!("cannot encode the upstream request: {e}")))
 }
