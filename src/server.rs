@@ -3,7 +3,7 @@
 //! metrics only), the drain that follows shutdown, and the pool health checks.
 
 use crate::config::Config;
-use crate::gateway::{DrainService, Gateway, IdleTrim, LynkrApp};
+use crate::gateway::{DrainService, Gateway, IdleTrim, LynkrApp, PoolSweep};
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -39,6 +39,7 @@ pub fn build(config: &Config, mut opt: Opt) -> Result<Server, String> {
     let health_checks = gateway.health_services();
     let drain = DrainService(gateway.drain.clone());
     let trim = IdleTrim(gateway.drain.clone());
+    let sweep = PoolSweep(gateway.clone());
 
     let mut api = Service::new(
         "lynkr api".to_string(),
@@ -69,6 +70,7 @@ pub fn build(config: &Config, mut opt: Opt) -> Result<Server, String> {
     server.add_services(health_checks);
     server.add_service(background_service("drain", drain));
     server.add_service(background_service("idle memory trim", trim));
+    server.add_service(background_service("upstream pool sweep", sweep));
     Ok(server)
 }
 

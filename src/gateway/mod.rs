@@ -10,10 +10,12 @@ mod http;
 mod messages;
 mod ops;
 mod respond;
+mod sweep;
 mod trim;
 
 pub use drain::{Drain, DrainService};
 pub use http::LynkrApp;
+pub use sweep::PoolSweep;
 pub use trim::IdleTrim;
 
 use crate::access_log::AccessRecord;

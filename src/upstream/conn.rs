@@ -105,6 +105,33 @@ impl IdlePool {
         drop(expired);
     }
 
+    /// Close every connection idle for `max_idle` or longer: without
+    /// traffic to an upstream, nothing else would (a connection the server
+    /// closed would sit in CLOSE_WAIT until the next request).
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let expired: Vec<Conn> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut expired = Vec::new();
+            for stack in idle.values_mut() {
+                // Oldest first: the expired ones are a prefix.
+                let n = stack
+                    .iter()
+                    .take_while(|(since, _)| now.duration_since(*since) >= self.max_idle)
+                    .count();
+                expired.extend(stack.drain(..n).map(|(_, conn)| conn));
+            }
+            idle.retain(|_, stack| !stack.is_empty());
+            expired
+        };
+        expired.len()
+    }
+
+    /// How often `sweep` should run: half the idle time, within 1-30 s.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.max_idle / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
     /// Idle connections held (for tests and metrics).
     pub fn idle_count(&self) -> usize {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -227,6 +254,14 @@ mod tests {
         pool.put(key.clone(), a);
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(pool.take(&key).is_none(), "idle past max_idle");
+
+        // A sweep closes expired connections with no request to trigger it.
+        let (b, _b_server) = pair(&listener).await;
+        pool.put(key.clone(), b);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(pool.idle_count(), 1);
+        assert_eq!(pool.sweep(), 1);
+        assert_eq!(pool.idle_count(), 0);
 
         let pool = IdlePool::new(Duration::from_secs(60));
         let mut servers = Vec::new();

@@ -304,6 +304,16 @@ impl UpstreamClient {
     pub fn idle_connections(&self) -> usize {
         self.pool.idle_count()
     }
+
+    /// Close idle connections past `timeouts.pool_idle_ms`; run every
+    /// `sweep_interval` by the server's pool sweep service.
+    pub fn sweep_idle(&self) -> usize {
+        self.pool.sweep()
+    }
+
+    pub fn sweep_interval(&self) -> Duration {
+        self.pool.sweep_interval()
+    }
 }
 
 /// Write head and body, vectored: one `writev` for a plain connection.

@@ -555,6 +555,69 @@ async fn two_streams_share_one_kept_alive_connection() {
     }
 }
 
+/// `timeouts.pool_idle_ms`: an idle pooled upstream connection is closed
+/// once it has idled that long, with no further request to notice it
+/// (the pool sweep service), so it never lingers half-closed.
+#[tokio::test]
+async fn an_idle_pooled_upstream_connection_is_closed_after_pool_idle_ms() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gw = Gateway::start(
+        &format!(
+            "timeouts: {{pool_idle_ms: 1000}}\n{}",
+            openai_provider(addr)
+        ),
+        &[MOCK_KEY],
+    );
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 65536];
+        // The request: its head, then as many body bytes as it declares.
+        loop {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the request");
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).to_lowercase();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                if request.len() >= end + 4 + length {
+                    break;
+                }
+            }
+        }
+        let body = completion_json("pooled", "stop", Value::Null);
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(answer.as_bytes()).await.unwrap();
+        let idle_since = std::time::Instant::now();
+        // Kept alive, then closed by the gateway: EOF within the pool's
+        // idle time and one sweep interval (1 s each here).
+        let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf))
+            .await
+            .expect("the pooled connection was never closed")
+            .unwrap_or(0);
+        (n, idle_since.elapsed())
+    });
+    let r = post(&gw, &simple_request(false)).await;
+    assert_eq!(r.status(), 200);
+    let (n, idled) = server.await.unwrap();
+    assert_eq!(n, 0, "EOF, not another request");
+    assert!(
+        idled >= Duration::from_millis(900),
+        "kept for pool_idle_ms first: {idled:?}"
+    );
+}
+
 /// `timeouts.client_idle_ms`: a kept-alive connection with no next
 /// request is closed after it.
 #[tokio::test]
