@@ -66,7 +66,7 @@ pub async fn run(
         _ = gw.drain.cut() => return Err(Failure::Final(shutting_down())),
     };
     let ex = match sent {
-        Ok(ex) if (200..300).contains(&ex.status) => ex,
+        Ok(ex) if (200..300).contains(&ex.status()) => ex,
         Ok(ex) => {
             let (err, ex) = ex.into_error(&provider.name).await;
             gw.upstream.finish(ex);

@@ -55,15 +55,14 @@ pub async fn read(
                     return Err(over_budget(ctx));
                 }
                 len += chunk.len();
-                match first.take() {
-                    None if body.is_empty() => first = Some(chunk),
-                    earlier => {
-                        if let Some(earlier) = earlier {
-                            body.reserve(declared.unwrap_or(0).max(len));
-                            body.extend_from_slice(&earlier);
-                        }
-                        body.extend_from_slice(&chunk);
+                if first.is_none() && body.is_empty() {
+                    first = Some(chunk);
+                } else {
+                    if let Some(earlier) = first.take() {
+                        body.reserve(declared.unwrap_or(0).max(len));
+                        body.extend_from_slice(&earlier);
                     }
+                    body.extend_from_slice(&chunk);
                 }
             }
             Ok(first.unwrap_or_else(|| body.freeze()))

@@ -211,7 +211,7 @@ pub async fn count_tokens(
                 .send(&out, &provider.name)
                 .await
                 .map_err(redact)?;
-            if !(200..300).contains(&ex.status) {
+            if !(200..300).contains(&ex.status()) {
                 let (err, ex) = ex.into_error(&provider.name).await;
                 gw.upstream.finish(ex);
                 return Err(redact(err));

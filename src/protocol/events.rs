@@ -207,7 +207,8 @@ pub enum Delta<'a> {
 }
 
 impl Delta<'_> {
-    /// As a `Value` (tests and the rare paths that build whole events).
+    /// As a `Value`: what the direct writer must match (tests).
+    #[cfg(test)]
     pub fn to_value(self) -> Value {
         match self {
             Delta::Text(t) => json!({"type": "text_delta", "text": t}),

@@ -92,11 +92,9 @@ impl IdlePool {
         let expired = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let stack = idle.entry(key).or_default();
-            // Oldest first: drop the expired ones and any over the cap.
-            let stale = stack
-                .iter()
-                .take_while(|(since, _)| now.duration_since(*since) >= self.max_idle)
-                .count()
+            // Drop the expired ones and any over the cap.
+            let stale = self
+                .expired(stack, now)
                 .max((stack.len() + 1).saturating_sub(MAX_IDLE_PER_UPSTREAM));
             let expired: Vec<_> = stack.drain(..stale).collect();
             stack.push((now, conn));
@@ -114,11 +112,7 @@ impl IdlePool {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let mut expired = Vec::new();
             for stack in idle.values_mut() {
-                // Oldest first: the expired ones are a prefix.
-                let n = stack
-                    .iter()
-                    .take_while(|(since, _)| now.duration_since(*since) >= self.max_idle)
-                    .count();
+                let n = self.expired(stack, now);
                 expired.extend(stack.drain(..n).map(|(_, conn)| conn));
             }
             idle.retain(|_, stack| !stack.is_empty());
@@ -127,12 +121,21 @@ impl IdlePool {
         expired.len()
     }
 
+    /// How many connections at the bottom of `stack` have expired: it
+    /// holds the oldest first, so the expired ones are a prefix.
+    fn expired(&self, stack: &[(Instant, Conn)], now: Instant) -> usize {
+        stack
+            .iter()
+            .take_while(|(since, _)| now.duration_since(*since) >= self.max_idle)
+            .count()
+    }
+
     /// How often `sweep` should run: half the idle time, within 1-30 s.
     pub fn sweep_interval(&self) -> Duration {
         (self.max_idle / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
     }
 
-    /// Idle connections held (for tests and metrics).
+    /// Idle connections held (for tests).
     pub fn idle_count(&self) -> usize {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.values().map(Vec::len).sum()

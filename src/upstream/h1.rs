@@ -37,7 +37,7 @@ pub fn request_head(out: &Outgoing<'_>) -> Result<Vec<u8>, String> {
     h.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     check_value("host", &ep.host)?;
     h.extend_from_slice(ep.host.as_bytes());
-    if ep.port != if ep.tls { 443 } else { 80 } {
+    if !ep.has_default_port() {
         let _ = write!(h, ":{}", ep.port);
     }
     let _ = write!(

@@ -51,10 +51,14 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The scheme's own port: left out of the `Host` header.
+    pub fn has_default_port(&self) -> bool {
+        self.port == if self.tls { 443 } else { 80 }
+    }
+
     /// The value of the `Host` header.
     pub fn authority(&self) -> String {
-        let default_port = if self.tls { 443 } else { 80 };
-        if self.port == default_port {
+        if self.has_default_port() {
             self.host.clone()
         } else {
             format!("{}:{}", self.host, self.port)
@@ -117,7 +121,6 @@ pub struct Exchange {
     head: ResponseHead,
     body: Body,
     read_timeout: Duration,
-    pub status: u16,
 }
 
 /// What went wrong on the connection, before it becomes an `ApiError`.
@@ -205,7 +208,6 @@ impl UpstreamClient {
                         conn,
                         key,
                         buf,
-                        status: head.status,
                         head,
                         body,
                         read_timeout: self.read,
@@ -300,7 +302,7 @@ impl UpstreamClient {
         }
     }
 
-    /// Idle upstream connections held.
+    /// Idle upstream connections held (for tests).
     pub fn idle_connections(&self) -> usize {
         self.pool.idle_count()
     }
@@ -335,6 +337,10 @@ async fn write_request(conn: &mut Conn, mut head: &[u8], mut body: &[u8]) -> std
 }
 
 impl Exchange {
+    pub fn status(&self) -> u16 {
+        self.head.status
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.head.header(name)
     }
@@ -389,7 +395,7 @@ impl Exchange {
             .read_all(provider, MAX_ERROR_BODY)
             .await
             .unwrap_or_default();
-        let mut err = ApiError::from_upstream_status(self.status, upstream_error_message(&body));
+        let mut err = ApiError::from_upstream_status(self.status(), upstream_error_message(&body));
         err.retry_after = self
             .header("retry-after")
             .and_then(|v| v.trim().parse().ok());

@@ -51,6 +51,11 @@ impl Scripted {
         }
     }
 
+    /// A `{}` request to this server through `client`.
+    async fn send(&self, client: &UpstreamClient) -> Result<Exchange, ApiError> {
+        client.send(&outgoing(&self.endpoint, b"{}"), "mock").await
+    }
+
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
@@ -171,7 +176,7 @@ async fn a_kept_alive_connection_carries_every_request_and_sees_the_whole_reques
     let out = outgoing(&server.endpoint, body);
     for _ in 0..5 {
         let mut ex = client.send(&out, "mock").await.unwrap();
-        assert_eq!(ex.status, 200);
+        assert_eq!(ex.status(), 200);
         body_of(&mut ex).await.unwrap();
         client.finish(ex);
     }
@@ -204,10 +209,7 @@ async fn every_chunk_that_arrived_together_comes_out_as_one_piece() {
     })
     .await;
     let client = client();
-    let mut ex = client
-        .send(&outgoing(&server.endpoint, b"{}"), "mock")
-        .await
-        .unwrap();
+    let mut ex = server.send(&client).await.unwrap();
     let first = ex.read("mock").await.unwrap().unwrap();
     let text = String::from_utf8(first.to_vec()).unwrap();
     assert_eq!(text.matches("data: ").count(), 20, "{text}");
@@ -234,10 +236,7 @@ async fn a_body_ended_by_close_is_read_and_not_pooled() {
     })
     .await;
     let client = client();
-    let mut ex = client
-        .send(&outgoing(&server.endpoint, b"{}"), "mock")
-        .await
-        .unwrap();
+    let mut ex = server.send(&client).await.unwrap();
     assert_eq!(body_of(&mut ex).await.unwrap(), b"until the end");
     client.finish(ex);
     assert_eq!(client.idle_connections(), 0);
@@ -275,9 +274,7 @@ async fn broken_answers_are_transport_errors() {
         .await;
         let client = client();
         let result = async {
-            let mut ex = client
-                .send(&outgoing(&server.endpoint, b"{}"), "mock")
-                .await?;
+            let mut ex = server.send(&client).await?;
             body_of(&mut ex).await
         }
         .await;
@@ -297,11 +294,7 @@ async fn a_silent_upstream_times_out_at_first_byte_and_nothing_is_resent() {
     })
     .await;
     let client = client();
-    let e = client
-        .send(&outgoing(&server.endpoint, b"{}"), "mock")
-        .await
-        .err()
-        .unwrap();
+    let e = server.send(&client).await.err().unwrap();
     assert_eq!(e.status, 504, "{}", e.message);
     assert!(
         e.message.contains("upstream read timed out"),
@@ -328,11 +321,8 @@ async fn interim_answers_are_skipped_and_leftover_bytes_spoil_the_connection() {
     })
     .await;
     let client = client();
-    let mut ex = client
-        .send(&outgoing(&server.endpoint, b"{}"), "mock")
-        .await
-        .unwrap();
-    assert_eq!(ex.status, 200);
+    let mut ex = server.send(&client).await.unwrap();
+    assert_eq!(ex.status(), 200);
     assert_eq!(body_of(&mut ex).await.unwrap(), b"{}");
     client.finish(ex);
     assert_eq!(
