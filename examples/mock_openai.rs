@@ -2,11 +2,15 @@
 //! (`scripts/loadbench.sh`, `scripts/stream-rss.sh`): HTTP/1.1 keep-alive, a
 //! fixed completion for every request, or, for `"stream": true`, a chunked
 //! SSE stream of `MOCK_STREAM_CHUNKS` chunks (default 20) sent
-//! `MOCK_STREAM_GAP_MS` apart (default 0).
+//! `MOCK_STREAM_GAP_MS` apart (default 0). A `POST /v1/messages` is
+//! answered with a fixed Anthropic message (JSON only), so the benchmark
+//! can measure the Anthropic passthrough against the same server.
 //! `cargo run --release --example mock_openai -- 127.0.0.1:19100`
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+const ANTHROPIC_BODY: &str = r#"{"id":"msg_bench","type":"message","role":"assistant","model":"claude-bench","content":[{"type":"text","text":"Hello from the benchmark upstream."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":7}}"#;
 
 const BODY: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"gpt-bench","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the benchmark upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#;
 
@@ -16,10 +20,13 @@ async fn main() {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:19100".into());
     let listener = TcpListener::bind(&addr).await.expect("bind");
-    let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
-        BODY.len()
-    );
+    let json = |body: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let (response, anthropic_response) = (json(BODY), json(ANTHROPIC_BODY));
     let env = |name: &str, default: u64| {
         std::env::var(name)
             .ok()
@@ -31,13 +38,13 @@ async fn main() {
     loop {
         let (mut sock, _) = listener.accept().await.expect("accept");
         sock.set_nodelay(true).ok();
-        let response = response.clone();
+        let (response, anthropic_response) = (response.clone(), anthropic_response.clone());
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(8192);
             let mut tmp = [0u8; 8192];
             loop {
                 // Read one request: headers, then content-length bytes.
-                let (head_end, len) = loop {
+                let (head_end, len, anthropic) = loop {
                     if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         let head = String::from_utf8_lossy(&buf[..pos]).to_ascii_lowercase();
                         let len = head
@@ -45,7 +52,7 @@ async fn main() {
                             .find_map(|l| l.strip_prefix("content-length:"))
                             .and_then(|v| v.trim().parse::<usize>().ok())
                             .unwrap_or(0);
-                        break (pos + 4, len);
+                        break (pos + 4, len, head.starts_with("post /v1/messages "));
                     }
                     match sock.read(&mut tmp).await {
                         Ok(0) | Err(_) => return,
@@ -62,7 +69,11 @@ async fn main() {
                     .windows(13)
                     .any(|w| w == b"\"stream\":true");
                 buf.drain(..head_end + len);
-                if stream {
+                if anthropic {
+                    if sock.write_all(anthropic_response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                } else if stream {
                     if write_stream(&mut sock, chunks, gap).await.is_err() {
                         return;
                     }

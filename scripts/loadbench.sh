@@ -11,10 +11,14 @@
 # idle, after the load, and while holding 1,000 concurrent slow streams
 # (scripts/stream-rss.sh, one round).
 #
+# Two more rows split Lynkr's cost: tiny-json (a 90-byte request: what any
+# request costs, whatever its body) and 22k-pass (the 22.5 KB body to an
+# Anthropic passthrough provider: patched in place, not translated).
+#
 #   scripts/loadbench.sh                  # 8 s per run, about 4 minutes
 #   DURATION=15 scripts/loadbench.sh
 #   LYNKR_BIN=/path/to/other/lynkr scripts/loadbench.sh   # A/B another build
-#   ONLY=22k-json scripts/loadbench.sh    # one body/mode (22k|76k)-(json|stream)
+#   ONLY=22k-json scripts/loadbench.sh    # one row: (22k|76k)-(json|stream), tiny-json, 22k-pass
 #   PERF=1 ONLY=22k-json scripts/loadbench.sh
 #       also `perf record -g` Lynkr during its concurrency-32 run and print the
 #       top symbols (build it with `cargo build --profile profiling` and pass
@@ -53,11 +57,18 @@ bodies = {
     "22k": json.load(open("benches/bodies/claude-code-22k.json")),
     "76k": json.load(open("tests/fixtures/claude-code/01-main-request-tools.json"))["body"],
 }
+def write(name, body):
+    with open(f"{work}/{name}.json", "w") as f:
+        f.write(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
 for name, body in bodies.items():
     for mode, stream in (("json", False), ("stream", True)):
-        body["stream"] = stream
-        with open(f"{work}/{name}-{mode}.json", "w") as f:
-            f.write(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+        write(f"{name}-{mode}", dict(body, stream=stream))
+# The floor rows: a tiny request (the fixed cost of a request), and the
+# 22.5 KB one sent to the Anthropic passthrough (the body patched, not
+# translated; the mock answers /v1/messages as Anthropic).
+write("tiny-json", {"model": "claude-bench", "max_tokens": 64,
+                    "messages": [{"role": "user", "content": "Hello"}]})
+write("22k-pass", dict(bodies["22k"], stream=False, model="pass-bench"))
 PY
 
 target/release/examples/mock_openai "127.0.0.1:$MOCK_PORT" &
@@ -97,7 +108,10 @@ cat >"$work/lynkr.yaml" <<YAML
 server: {listen: ["127.0.0.1:$GW_PORT"], threads: 2, pid_file: $work/pid, upgrade_sock: $work/sock}
 providers:
   mock: {base_url: "http://127.0.0.1:$MOCK_PORT/v1", model: gpt-bench}
-models: {default: mock}
+  pass: {kind: anthropic, base_url: "http://127.0.0.1:$MOCK_PORT"}
+models:
+  default: mock
+  routes: [{match: "pass-*", target: pass}]
 YAML
 LYNKR_LOG_FORMAT=json "$LYNKR_BIN" -c "$work/lynkr.yaml" 2>"$work/lynkr.log" &
 gw_pid=$!
@@ -162,14 +176,16 @@ run() {
 
 printf '| body | c | direct req/s | nginx req/s | Lynkr req/s | Lynkr/nginx | direct p99 | nginx added p99 | Lynkr added p99 | nginx CPU/req | Lynkr CPU/req |\n'
 printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
-for name in 22k-json 22k-stream 76k-json 76k-stream; do
+for name in 22k-json 22k-stream 76k-json 76k-stream tiny-json 22k-pass; do
   if [ -n "${ONLY:-}" ] && [ "$ONLY" != "$name" ]; then continue; fi
   lua="$work/$name.lua"
+  direct="http://127.0.0.1:$MOCK_PORT/v1/chat/completions"
+  [ "$name" = 22k-pass ] && direct="http://127.0.0.1:$MOCK_PORT/v1/messages"
   # Warm up: pooled connections, allocator arenas.
   wrk -t1 -c32 -d2s -s "$lua" "http://127.0.0.1:$GW_PORT/v1/messages" >/dev/null
   wrk -t1 -c32 -d2s -s "$lua" "http://127.0.0.1:$NGINX_PORT/v1/messages" >/dev/null
   for c in 1 32; do
-    run "$name-direct-$c" "$c" "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$lua"
+    run "$name-direct-$c" "$c" "$direct" "$lua"
     d_rps=$rps d_p99=$p99
     # shellcheck disable=SC2046
     run "$name-nginx-$c" "$c" "http://127.0.0.1:$NGINX_PORT/v1/messages" "$lua" $(nginx_pids)
