@@ -1,6 +1,8 @@
 //! The per-request middleware: load-shedding check and admission, the
 //! rate-limit check, the circuit-breaker permit and its settlement, and the metrics
-//! update (counters, histograms, token and cost counters, JSON summary).
+//! update (counters, histograms, token and cost counters, JSON summary);
+//! and the same with `auth.mode: keys`: the presented key hashed and looked
+//! up among 1,000 keys, and its model allowlist checked.
 //! `cargo bench --bench middleware`; figures are recorded in the README.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -28,7 +30,7 @@ fn middleware(c: &mut Criterion) {
         b.iter(|| {
             shedder.check().unwrap();
             let slot = shedder.admit().unwrap();
-            let guard = limiter.check(black_box(key)).unwrap();
+            let guard = limiter.check(black_box(key), (None, None)).unwrap();
             breaker.permit().unwrap().success();
             metrics.record(black_box(&Finished {
                 path: "/v1/messages",
@@ -52,5 +54,30 @@ fn middleware(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, middleware);
+/// The key check alone, as `Gateway::authenticate` and `check_model` do it.
+fn key_check(c: &mut Criterion) {
+    use lynkr::store::keys::{self, KeySpec};
+    let dir = std::env::temp_dir().join(format!("lynkr-bench-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conn = lynkr::store::open(dir.join("keys.db").to_str().unwrap()).unwrap();
+    let spec = KeySpec {
+        models: Some(vec!["claude-*".into()]),
+        ..KeySpec::default()
+    };
+    let mut secret = String::new();
+    for i in 0..1000 {
+        secret = keys::create(&conn, &format!("k{i}"), &spec).unwrap().1;
+    }
+    let table = keys::load_table(&conn).unwrap();
+    let now = keys::now_secs();
+    c.bench_function("key_check_among_1000", |b| {
+        b.iter(|| {
+            let key = table.check(Some(black_box(&secret)), now).unwrap();
+            assert!(key.allows_model(black_box("claude-sonnet-4-5")));
+        })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, middleware, key_check);
 criterion_main!(benches);

@@ -2,6 +2,7 @@
 //! client) run on any model provider. Built on Cloudflare's Pingora.
 
 pub mod access_log;
+pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod logging;
@@ -11,6 +12,7 @@ pub mod providers;
 pub mod resilience;
 pub mod routing;
 pub mod server;
+pub mod store;
 pub mod upstream;
 pub mod util;
 

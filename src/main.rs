@@ -1,15 +1,31 @@
-//! `lynkr [-c FILE] [-u] [-d] [-t]` runs the gateway (Pingora's flags);
-//! `lynkr check-config FILE` validates a configuration and exits.
+//! `lynkr [run] [-c FILE] [-u] [-d] [-t]` runs the gateway (Pingora's
+//! flags); the other subcommands (`check-config`, `keys`, `usage`) are in
+//! `lynkr::cli`. `lynkr help` lists them.
 
 use lynkr::config::Config;
 use pingora_core::server::configuration::Opt;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("check-config") {
-        std::process::exit(check_config(args.get(2).map(String::as_str)));
+    let mut args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("check-config") => std::process::exit(check_config(args.get(2).map(String::as_str))),
+        Some("keys") => std::process::exit(lynkr::cli::keys(&args[2..])),
+        Some("usage") => std::process::exit(lynkr::cli::usage(&args[2..])),
+        Some("help" | "--help" | "-h") => {
+            print!("{}", lynkr::cli::HELP);
+            return;
+        }
+        Some("run") => {
+            args.remove(1);
+        }
+        Some(other) if !other.starts_with('-') => {
+            eprint!("{}", lynkr::cli::HELP);
+            eprintln!("lynkr: unknown command {other:?}");
+            std::process::exit(2);
+        }
+        _ => {}
     }
-    let opt = Opt::parse_args();
+    let opt = Opt::parse_from_args(&args);
     let config = match Config::load(opt.conf.as_deref()) {
         Ok(c) => c,
         Err(errors) => {

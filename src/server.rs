@@ -37,7 +37,10 @@ pub fn build(config: &Config, mut opt: Opt) -> Result<Server, String> {
     server.bootstrap();
     let gateway = Arc::new(Gateway::from_config(config)?);
     let health_checks = gateway.health_services();
-    let drain = DrainService(gateway.drain.clone());
+    let drain = DrainService {
+        drain: gateway.drain.clone(),
+        store: gateway.store.clone(),
+    };
     let trim = IdleTrim(gateway.drain.clone());
     let sweep = PoolSweep(gateway.clone());
 

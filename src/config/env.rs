@@ -49,6 +49,16 @@ pub(super) fn apply(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -
         &mut config.limits.max_body_bytes,
         &mut problems,
     );
+    if let Some(v) = get("LYNKR_DB_PATH") {
+        config.store.path = v;
+    }
+    if let Some(v) = get("LYNKR_AUTH") {
+        match v.trim() {
+            "off" => config.auth.mode = super::AuthMode::Off,
+            "keys" => config.auth.mode = super::AuthMode::Keys,
+            _ => problems.push(Problem::new("LYNKR_AUTH", "must be off or keys")),
+        }
+    }
     if let Some(v) = get("LYNKR_LOG_LEVEL").or_else(|| get("LOG_LEVEL")) {
         config.logging.level = v;
     }

@@ -36,6 +36,64 @@ pub struct Config {
     pub models: ModelsConfig,
     pub routing: RoutingConfig,
     pub resilience: ResilienceConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+}
+
+/// The SQLite file that holds keys and the usage ledger.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Path of the database file (created if missing). Empty: no store, so
+    /// no keys and no ledger.
+    pub path: String,
+    /// How often buffered usage rows are written (one transaction a batch).
+    pub flush_ms: u64,
+    /// Ledger rows older than this many days are deleted (0: kept forever).
+    pub retention_days: u64,
+    /// When the store cannot record usage: serve anyway (true) or refuse
+    /// requests with 503 until it can (false).
+    pub fail_open: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: String::new(),
+            flush_ms: 200,
+            retention_days: 90,
+            fail_open: false,
+        }
+    }
+}
+
+/// Who may call the API.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// How soon a key created, changed or revoked by another process (the
+    /// CLI, another instance) takes effect here.
+    pub refresh_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Off,
+            refresh_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone who reaches the port may call (the default, as before keys).
+    #[default]
+    Off,
+    /// Every API request needs a key made with `lynkr keys create`.
+    Keys,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -444,12 +502,20 @@ impl Config {
         Self::load_with_env(path, &|name| std::env::var(name).ok())
     }
 
-    /// As `load`, with the environment given as a lookup function (for tests).
-    pub fn load_with_env(
-        path: Option<&str>,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigErrors> {
-        let text = match path {
+    /// Load `path` and apply the environment, without the checks that
+    /// concern serving (provider keys, routes): for the commands that only
+    /// read `store` settings, run where the server's secrets are not set.
+    pub fn load_for_store(path: Option<&str>) -> Result<Config, ConfigErrors> {
+        let mut config = Self::from_yaml(&Self::read(path)?)?;
+        let problems = env::apply(&mut config, &|name| std::env::var(name).ok());
+        match problems.is_empty() {
+            true => Ok(config),
+            false => Err(ConfigErrors(problems)),
+        }
+    }
+
+    fn read(path: Option<&str>) -> Result<String, ConfigErrors> {
+        Ok(match path {
             Some(p) => std::fs::read_to_string(p).map_err(|e| {
                 ConfigErrors(vec![Problem::new(
                     p.to_string(),
@@ -457,8 +523,15 @@ impl Config {
                 )])
             })?,
             None => DEFAULT_YAML.to_string(),
-        };
-        let mut config = Self::from_yaml(&text)?;
+        })
+    }
+
+    /// As `load`, with the environment given as a lookup function (for tests).
+    pub fn load_with_env(
+        path: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut config = Self::from_yaml(&Self::read(path)?)?;
         let mut problems = env::apply(&mut config, env);
         problems.extend(validate::validate(&config, env));
         if problems.is_empty() {

@@ -131,6 +131,18 @@ pub(super) fn validate(c: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<
             ));
         }
     }
+    if c.auth.mode == super::AuthMode::Keys && c.store.path.is_empty() {
+        p.push(Problem::new(
+            "auth.mode",
+            "keys needs a store: set store.path (or LYNKR_DB_PATH)",
+        ));
+    }
+    if !c.store.path.is_empty() && c.store.flush_ms == 0 {
+        p.push(Problem::new("store.flush_ms", "must be greater than 0"));
+    }
+    if c.auth.refresh_ms == 0 {
+        p.push(Problem::new("auth.refresh_ms", "must be greater than 0"));
+    }
     if c.server.threads == 0 {
         p.push(Problem::new("server.threads", "must be at least 1"));
     }

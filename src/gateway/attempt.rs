@@ -286,6 +286,7 @@ async fn whole_answer(
 
 fn note_usage(ctx: &mut RequestCtx, usage: Usage) {
     ctx.input_tokens = usage.input_tokens + usage.cache_read_input_tokens;
+    ctx.cache_read_tokens = usage.cache_read_input_tokens;
     ctx.output_tokens = usage.output_tokens;
 }
 

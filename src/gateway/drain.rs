@@ -110,8 +110,15 @@ impl Drain {
 }
 
 /// Follows Pingora's shutdown broadcast: starts the drain, and ends the
-/// process once the drain window is over and nothing is in flight.
-pub struct DrainService(pub Arc<Drain>);
+/// process once the drain window is over and nothing is in flight, after
+/// the store has written every buffered usage row.
+pub struct DrainService {
+    pub drain: Arc<Drain>,
+    pub store: Option<Arc<crate::store::Store>>,
+}
+
+/// How long the last usage rows may take to be written at exit.
+const STORE_FLUSH: Duration = Duration::from_secs(10);
 
 /// How often the drain checks for the last request to finish.
 const EXIT_POLL: Duration = Duration::from_millis(50);
@@ -122,7 +129,7 @@ impl BackgroundService for DrainService {
         if shutdown.wait_for(|s| *s).await.is_err() {
             return;
         }
-        let drain = &self.0;
+        let drain = &self.drain;
         drain.begin();
         tracing::info!(
             drain_ms = drain.window.as_millis() as u64,
@@ -134,6 +141,12 @@ impl BackgroundService for DrainService {
         }
         while drain.in_flight() > 0 {
             tokio::time::sleep(EXIT_POLL).await;
+        }
+        if let Some(store) = &self.store {
+            match store.flush(STORE_FLUSH).await {
+                Ok(()) => tracing::info!("store: every usage row written"),
+                Err(e) => tracing::error!(error = %e, "store: usage rows lost at exit"),
+            }
         }
         tracing::info!("graceful shutdown complete: nothing in flight, exiting");
         std::process::exit(0);

@@ -22,6 +22,8 @@ pub async fn handle(
     let body = body::read(gw, session, ctx).await?;
     let req = parse_messages_request(&body)?;
     ctx.model = Some(req.model.clone());
+    gw.check_model(ctx, &req.model)?;
+    ctx.billable = true;
     ctx.stream = req.is_stream();
     let estimate = req.estimated_input_tokens();
     let client_headers = session.req_header().headers.clone();

@@ -19,7 +19,7 @@ pub use sweep::PoolSweep;
 pub use trim::IdleTrim;
 
 use crate::access_log::AccessRecord;
-use crate::config::{Config, LimitsConfig};
+use crate::config::{AuthMode, Config, LimitsConfig};
 use crate::metrics::{Finished, Metrics, Upstream};
 use crate::protocol::error::{ApiError, ErrorKind};
 use crate::providers::pool::Pool;
@@ -30,6 +30,9 @@ use crate::resilience::buffered::{BodyBudget, Reservation};
 use crate::resilience::rate_limit::{Limited, RateLimiter};
 use crate::resilience::shedder::{InFlight, Shed, Shedder};
 use crate::routing::Router;
+use crate::store::keys::ApiKey;
+use crate::store::usage::UsageRow;
+use crate::store::Store;
 use crate::upstream::UpstreamClient;
 use crate::util::redact::Redactor;
 use pingora_core::protocols::http::ServerSession;
@@ -60,6 +63,9 @@ pub struct Gateway {
     pub drain: Arc<Drain>,
     /// Every configured provider key, kept out of upstream error text.
     pub redactor: Redactor,
+    /// Keys and the usage ledger (`store.path`), if configured.
+    pub store: Option<Arc<Store>>,
+    pub auth: AuthMode,
 }
 
 impl Gateway {
@@ -105,6 +111,14 @@ impl Gateway {
                 Arc::new(Drain::new(window, grace))
             },
             redactor: Redactor::new(providers.iter().flat_map(|p| p.secrets())),
+            store: match config.store.path.is_empty() {
+                true => None,
+                false => Some(Arc::new(Store::start(
+                    &config.store,
+                    Duration::from_millis(config.auth.refresh_ms),
+                )?)),
+            },
+            auth: config.auth.mode,
         })
     }
 
@@ -183,8 +197,28 @@ impl Gateway {
         if let Err(why) = self.shedder.check() {
             return Err(self.shed(ctx, why));
         }
-        if self.limiter.enabled() {
-            match self.limiter.check(&client_key(session)) {
+        if let Some(store) = self.store.as_ref().filter(|s| !s.fail_open) {
+            if let Err(why) = store.writable() {
+                ctx.rejected_reason = Some("store_unwritable");
+                let mut e = ApiError::new(
+                    ErrorKind::ApiError,
+                    format!("usage cannot be recorded ({why}); requests are refused until it can"),
+                );
+                e.status = 503;
+                e.retry_after = Some(5);
+                return Err(e);
+            }
+        }
+        if self.auth == AuthMode::Keys {
+            ctx.key = Some(self.authenticate(session, ctx)?);
+        }
+        let limits = ctx.key.as_deref().map(|k| (k.rpm, k.max_in_flight));
+        if self.limiter.enabled() || limits.is_some_and(|(r, f)| r.is_some() || f.is_some()) {
+            let key = match ctx.key.as_deref() {
+                Some(k) => format!("id:{}", k.id),
+                None => client_key(session),
+            };
+            match self.limiter.check(&key, limits.unwrap_or_default()) {
                 Ok(guard) => ctx.key_in_flight = guard,
                 Err(limited) => {
                     ctx.rejected_reason = Some(match limited {
@@ -208,6 +242,50 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+
+    /// The key a request presents (`x-api-key`, or `Authorization: Bearer`),
+    /// checked against the store's table; a 401 when it is refused.
+    fn authenticate(
+        &self,
+        session: &ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<Arc<ApiKey>, ApiError> {
+        let store = self
+            .store
+            .as_ref()
+            .expect("auth.mode keys is validated to have a store");
+        let h = &session.req_header().headers;
+        let presented = h
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| {
+                h.get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+            })
+            .map(str::trim);
+        store
+            .keys()
+            .check(presented, crate::store::keys::now_secs())
+            .map_err(|why| {
+                ctx.rejected_reason = Some("auth");
+                ApiError::new(ErrorKind::AuthenticationError, why.message())
+            })
+    }
+
+    /// A 403 unless the request's key may use `model`.
+    pub fn check_model(&self, ctx: &mut RequestCtx, model: &str) -> Result<(), ApiError> {
+        match ctx.key.as_deref() {
+            Some(key) if !key.allows_model(model) => {
+                ctx.rejected_reason = Some("permission");
+                Err(ApiError::new(
+                    ErrorKind::PermissionError,
+                    format!("model {model:?} is not allowed for key {:?}", key.name),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The 529 for a shed request, noted for the metrics.
@@ -256,13 +334,39 @@ impl Gateway {
             }),
         });
         let route = ctx.route_label().unwrap_or_default();
+        let session_id = req
+            .headers
+            .get("x-claude-code-session-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if let Some(store) = self.store.as_ref().filter(|_| ctx.billable) {
+            store.record(UsageRow {
+                at_ms: crate::store::now_ms(),
+                request_id: ctx.request_id.clone(),
+                key_id: ctx.key.as_ref().map(|k| k.id),
+                user: ctx
+                    .key
+                    .as_ref()
+                    .map_or_else(String::new, |k| k.user.clone()),
+                session: session_id.to_string(),
+                route: target.map_or_else(String::new, |t| t.route.clone()),
+                provider: target.map_or_else(String::new, |t| t.provider.clone()),
+                model: ctx.model.clone().unwrap_or_default(),
+                upstream_model: target.map_or_else(String::new, |t| t.model.clone()),
+                input_tokens: ctx.input_tokens,
+                cache_read_tokens: ctx.cache_read_tokens,
+                output_tokens: ctx.output_tokens,
+                cost,
+                status: ctx.status,
+                latency_ms: duration.as_millis() as u64,
+                ttft_ms: ctx.first_byte_ms,
+                attempts: ctx.attempts,
+                stream: ctx.stream,
+            });
+        }
         AccessRecord {
             request_id: &ctx.request_id,
-            session_id: req
-                .headers
-                .get("x-claude-code-session-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
+            session_id,
             method: req.method.as_str(),
             path: req.uri.path(),
             status: ctx.status,
@@ -339,7 +443,10 @@ pub struct RequestCtx {
     pub rejected_reason: Option<&'static str>,
     pub model: Option<String>,
     pub stream: bool,
+    /// Prompt tokens in all, cache reads included.
     pub input_tokens: u64,
+    /// Of `input_tokens`, those read from the provider's prompt cache.
+    pub cache_read_tokens: u64,
     pub output_tokens: u64,
     pub first_byte_ms: Option<u64>,
     pub error: Option<String>,
@@ -347,6 +454,10 @@ pub struct RequestCtx {
     pub in_flight: Option<InFlight>,
     pub key_in_flight: Option<pingora_limits::inflight::Guard>,
     pub body_bytes: Option<Reservation>,
+    /// The caller's key, when `auth.mode` is `keys`.
+    pub key: Option<Arc<ApiKey>>,
+    /// The request reached the point where it can spend: it gets a ledger row.
+    pub billable: bool,
 }
 
 impl Default for RequestCtx {
@@ -363,12 +474,15 @@ impl Default for RequestCtx {
             model: None,
             stream: false,
             input_tokens: 0,
+            cache_read_tokens: 0,
             output_tokens: 0,
             first_byte_ms: None,
             error: None,
             in_flight: None,
             key_in_flight: None,
             body_bytes: None,
+            key: None,
+            billable: false,
         }
     }
 }

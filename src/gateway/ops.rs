@@ -50,8 +50,7 @@ pub async fn ready(
         "shutdown": {"ok": !shutting_down},
         "upstreams": {"ok": !available.is_empty(), "available": available, "unavailable": unavailable},
         "memory": {"ok": memory_ok, "rss_bytes": rss, "limit_bytes": limit},
-        // Nothing is stored yet (no cache or database), so nothing can be unreachable.
-        "store": {"ok": true, "detail": "no store configured"},
+        "store": store_check(gw).await,
     });
     let ok = checks
         .as_object()
@@ -60,6 +59,21 @@ pub async fn ready(
     let status = if ok { 200 } else { 503 };
     respond::json(session, ctx, status, body.to_string().into_bytes()).await;
     Ok(())
+}
+
+/// How long the readiness check waits for the store to answer.
+const STORE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The store thread answers, and the file is readable and writable.
+async fn store_check(gw: &Gateway) -> serde_json::Value {
+    let Some(store) = &gw.store else {
+        return json!({"ok": true, "detail": "no store configured"});
+    };
+    match store.check(STORE_DEADLINE).await {
+        Ok(()) => json!({"ok": true, "buffered_rows": store.buffered()}),
+        // With fail_open the gateway still serves: report it, stay ready.
+        Err(e) => json!({"ok": store.fail_open, "error": e, "buffered_rows": store.buffered()}),
+    }
 }
 
 /// Every metric in Prometheus's text format; gauges of state read now.
@@ -184,6 +198,7 @@ pub async fn count_tokens(
     let body = body::read(gw, session, ctx).await?;
     let req = parse_count_tokens_request(&body)?;
     ctx.model = Some(req.model.clone());
+    gw.check_model(ctx, &req.model)?;
     let estimate = req.estimated_input_tokens();
     let headers = session.req_header().headers.clone();
     let tools = req.tools.as_ref().map_or(0, Vec::len);

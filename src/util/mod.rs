@@ -1,6 +1,7 @@
 //! Small helpers shared by every layer (configuration, providers, routing,
 //! the gateway). Nothing here imports anything above it.
 
+pub mod date;
 pub mod ids;
 pub mod lines;
 pub mod redact;

@@ -5,6 +5,7 @@ mod claude_code;
 mod common;
 mod correctness;
 mod gateway;
+mod keys;
 mod operations;
 mod pools;
 mod providers;

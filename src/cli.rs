@@ -1,0 +1,332 @@
+//! The command line: `lynkr [run] [-c FILE] [-u] [-d] [-t]` runs the
+//! gateway; the other subcommands work on a configuration or on the store
+//! (the same file the running server uses; SQLite's WAL lets both work on
+//! it at once, and the server sees key changes within `auth.refresh_ms`).
+
+use crate::config::Config;
+use crate::store::keys::{self, ApiKey, KeySpec};
+use crate::store::usage::{self, Filter, GroupBy};
+use crate::util::date;
+
+pub const HELP: &str = "\
+lynkr: a gateway that runs Claude Code (and any Anthropic Messages API client)
+on any model provider.
+
+Usage: lynkr [COMMAND] [OPTIONS]
+
+Commands:
+  run            Run the gateway (the default): -c FILE, -u (take over from a
+                 running lynkr), -d (daemon), -t (test the configuration)
+  check-config   Check a configuration file and print every problem
+  keys           Make, list, change and revoke API keys (`lynkr keys help`)
+  usage          Sum the usage ledger by day, model, session, key or user
+  help           This text
+
+Without -c, the embedded default configuration is used; LYNKR_* environment
+variables override either. `lynkr run --help` lists the server's flags.
+";
+
+pub const KEYS_HELP: &str = "\
+Usage: lynkr keys COMMAND [-c FILE] [OPTIONS]
+
+  create --name N [--user U] [--team T] [--models GLOB,...] [--rpm N]
+         [--max-in-flight N] [--expires YYYY-MM-DD]
+                 Make a key; prints the key alone on stdout (shown only now)
+  list [--json]  Every key: name, prefix, user, team, models, limits, state
+  update N [--user U] [--team T] [--models GLOB,...] [--rpm N]
+         [--max-in-flight N] [--expires YYYY-MM-DD]
+                 Change what the options set; the rest stays
+  revoke N       Refuse key N from now on (a running server: within
+                 auth.refresh_ms); its ledger rows stay
+
+The store is store.path of the configuration (or LYNKR_DB_PATH).
+--rpm 0 or --max-in-flight 0 lifts resilience.rate_limit for the key.
+";
+
+pub const USAGE_HELP: &str = "\
+Usage: lynkr usage [-c FILE] [--key N] [--since YYYY-MM-DD] [--by day|model|session|key|user] [--json]
+
+Sums of the usage ledger: requests, input and output tokens, cost (USD),
+errors, one line per group (default --by day).
+";
+
+/// Options after a subcommand: `--name value` pairs and positional words.
+struct Args {
+    flags: Vec<(String, Option<String>)>,
+    words: Vec<String>,
+}
+
+/// Flags that take no value.
+const SWITCHES: &[&str] = &["--json"];
+
+impl Args {
+    fn parse(args: &[String]) -> Result<Args, String> {
+        let (mut flags, mut words) = (Vec::new(), Vec::new());
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if a.starts_with('-') && a.len() > 1 {
+                if SWITCHES.contains(&a.as_str()) {
+                    flags.push((a.clone(), None));
+                } else {
+                    let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+                    flags.push((a.clone(), Some(v.clone())));
+                }
+            } else {
+                words.push(a.clone());
+            }
+        }
+        Ok(Args { flags, words })
+    }
+
+    /// Every flag must be one of `known`.
+    fn only(&self, known: &[&str]) -> Result<(), String> {
+        match self
+            .flags
+            .iter()
+            .find(|(f, _)| !known.contains(&f.as_str()))
+        {
+            Some((f, _)) => Err(format!("unknown option {f}")),
+            None => Ok(()),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.flags
+            .iter()
+            .rev()
+            .find(|(f, _)| f == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.flags.iter().any(|(f, _)| f == name)
+    }
+
+    fn number(&self, name: &str) -> Result<Option<u64>, String> {
+        self.get(name)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{name} {v:?}: not a whole number"))
+            })
+            .transpose()
+    }
+}
+
+/// `lynkr keys ...`: exit status.
+pub fn keys(args: &[String]) -> i32 {
+    report(run_keys(args))
+}
+
+/// `lynkr usage ...`: exit status.
+pub fn usage(args: &[String]) -> i32 {
+    report(run_usage(args))
+}
+
+fn report(r: Result<(), String>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("lynkr: {e}");
+            2
+        }
+    }
+}
+
+/// The store named by the configuration (`-c`, else the embedded default,
+/// with the environment's overrides). Only the store settings are read, so
+/// provider keys need not be set where the command runs.
+fn open_store(a: &Args) -> Result<rusqlite::Connection, String> {
+    let config = Config::load_for_store(a.get("-c").or(a.get("--conf")))
+        .map_err(|errors| format!("invalid configuration\n{errors}"))?;
+    if config.store.path.is_empty() {
+        return Err("no store: set store.path in the configuration, or LYNKR_DB_PATH".into());
+    }
+    crate::store::open(&config.store.path)
+}
+
+const SPEC_FLAGS: &[&str] = &[
+    "-c",
+    "--conf",
+    "--user",
+    "--team",
+    "--models",
+    "--rpm",
+    "--max-in-flight",
+    "--expires",
+];
+
+fn spec(a: &Args) -> Result<KeySpec, String> {
+    Ok(KeySpec {
+        user: a.get("--user").map(str::to_owned),
+        team: a.get("--team").map(str::to_owned),
+        models: a.get("--models").map(|m| {
+            m.split(',')
+                .map(str::trim)
+                .filter(|g| !g.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }),
+        rpm: a.number("--rpm")?,
+        max_in_flight: a.number("--max-in-flight")?,
+        expires_at: a.get("--expires").map(date::parse_utc).transpose()?,
+    })
+}
+
+fn run_keys(args: &[String]) -> Result<(), String> {
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{KEYS_HELP}");
+        return Err("keys: which command?".into());
+    };
+    let a = Args::parse(rest)?;
+    match command.as_str() {
+        "create" => {
+            a.only(&[SPEC_FLAGS, &["--name"]].concat())?;
+            let name = a.get("--name").ok_or("keys create: --name is required")?;
+            let conn = open_store(&a)?;
+            let (key, secret) = keys::create(&conn, name, &spec(&a)?)?;
+            eprintln!(
+                "created key {:?} for user {:?}; it is shown only now",
+                key.name, key.user
+            );
+            println!("{secret}");
+            Ok(())
+        }
+        "list" => {
+            a.only(&["-c", "--conf", "--json"])?;
+            let list = keys::list(&open_store(&a)?)?;
+            if a.has("--json") {
+                let json: Vec<_> = list.iter().map(key_json).collect();
+                println!("{}", serde_json::Value::Array(json));
+            } else {
+                print_keys(&list);
+            }
+            Ok(())
+        }
+        "update" => {
+            a.only(SPEC_FLAGS)?;
+            let name = one_name(&a, "update")?;
+            let key = keys::update(&open_store(&a)?, name, &spec(&a)?)?;
+            eprintln!("updated key {:?}", key.name);
+            Ok(())
+        }
+        "revoke" => {
+            a.only(&["-c", "--conf"])?;
+            let name = one_name(&a, "revoke")?;
+            keys::revoke(&open_store(&a)?, name)?;
+            eprintln!("revoked key {name:?}");
+            Ok(())
+        }
+        "help" | "--help" | "-h" => {
+            print!("{KEYS_HELP}");
+            Ok(())
+        }
+        other => {
+            eprint!("{KEYS_HELP}");
+            Err(format!("keys: unknown command {other:?}"))
+        }
+    }
+}
+
+fn one_name<'a>(a: &'a Args, command: &str) -> Result<&'a str, String> {
+    match a.words.as_slice() {
+        [name] => Ok(name),
+        _ => Err(format!("keys {command}: name the key, once")),
+    }
+}
+
+pub fn key_json(k: &ApiKey) -> serde_json::Value {
+    serde_json::json!({
+        "name": k.name,
+        "prefix": k.prefix,
+        "user": k.user,
+        "team": k.team,
+        "models": k.models,
+        "rpm": k.rpm,
+        "max_in_flight": k.max_in_flight,
+        "expires_at": k.expires_at.map(date::format_utc),
+        "revoked": k.disabled,
+        "created_at": date::format_utc(k.created_at),
+    })
+}
+
+fn print_keys(list: &[ApiKey]) {
+    println!(
+        "{:<20} {:<10} {:<14} {:<10} {:<20} {:>6} {:>9} {:<21} {:<8}",
+        "NAME", "PREFIX", "USER", "TEAM", "MODELS", "RPM", "IN-FLIGHT", "EXPIRES", "STATE"
+    );
+    let now = keys::now_secs();
+    for k in list {
+        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+        let state = if k.disabled {
+            "revoked"
+        } else if k.expires_at.is_some_and(|t| now >= t) {
+            "expired"
+        } else {
+            "active"
+        };
+        println!(
+            "{:<20} {:<10} {:<14} {:<10} {:<20} {:>6} {:>9} {:<21} {:<8}",
+            k.name,
+            k.prefix,
+            k.user,
+            k.team.as_deref().unwrap_or("-"),
+            if k.models.is_empty() {
+                "*".to_string()
+            } else {
+                k.models.join(",")
+            },
+            opt(k.rpm),
+            opt(k.max_in_flight),
+            k.expires_at
+                .map_or_else(|| "never".to_string(), date::format_utc),
+            state
+        );
+    }
+}
+
+fn run_usage(args: &[String]) -> Result<(), String> {
+    if matches!(
+        args.first().map(String::as_str),
+        Some("help" | "--help" | "-h")
+    ) {
+        print!("{USAGE_HELP}");
+        return Ok(());
+    }
+    let a = Args::parse(args)?;
+    a.only(&["-c", "--conf", "--key", "--since", "--by", "--json"])?;
+    if let Some(w) = a.words.first() {
+        return Err(format!("usage: unexpected {w:?}"));
+    }
+    let by = GroupBy::parse(a.get("--by").unwrap_or("day"))?;
+    let filter = Filter {
+        key: a.get("--key").map(str::to_owned),
+        since_ms: a
+            .get("--since")
+            .map(|s| date::parse_utc(s).map(|t| t * 1000))
+            .transpose()?,
+    };
+    let sums = usage::summarize(&open_store(&a)?, by, &filter).map_err(|e| e.to_string())?;
+    if a.has("--json") {
+        println!(
+            "{}",
+            serde_json::to_string(&sums).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:>9} {:>14} {:>14} {:>12} {:>7}",
+        "GROUP", "REQUESTS", "INPUT", "OUTPUT", "COST (USD)", "ERRORS"
+    );
+    for s in &sums {
+        println!(
+            "{:<36} {:>9} {:>14} {:>14} {:>12.6} {:>7}",
+            if s.group.is_empty() { "-" } else { &s.group },
+            s.requests,
+            s.input_tokens,
+            s.output_tokens,
+            s.cost,
+            s.errors
+        );
+    }
+    Ok(())
+}
