@@ -62,7 +62,7 @@ pub fn open(path: &str) -> Result<Connection, String> {
 enum Command {
     Usage(Box<UsageRow>),
     /// Work on the connection (admin changes, health pings); the key table
-    /// is reloaded after it.
+    /// is reloaded after it if it changed any row.
     Call(Box<dyn FnOnce(&mut Connection) + Send>),
 }
 
@@ -246,9 +246,14 @@ impl Writer {
                 Ok(Command::Usage(row)) => self.pending.push(*row),
                 Ok(Command::Call(job)) => {
                     self.write_pending();
+                    let before = self.conn.total_changes();
                     job(&mut self.conn);
-                    seen_version = data_version(&self.conn);
-                    self.reload_keys();
+                    // Only a call that changed rows (an admin change, not a
+                    // readiness ping) can have changed keys.
+                    if self.conn.total_changes() != before {
+                        seen_version = data_version(&self.conn);
+                        self.reload_keys();
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {

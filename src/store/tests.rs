@@ -34,6 +34,18 @@ fn row(request_id: &str, key_id: Option<i64>, model: &str, input: u64) -> UsageR
     }
 }
 
+/// Make the store's own connection read-only (or writable again): its
+/// writes then fail as they would on a full disk.
+async fn set_query_only(store: &Store, on: bool) {
+    store
+        .call(Duration::from_secs(5), move |c| {
+            c.pragma_update(None, "query_only", on)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[test]
 fn keys_are_46_characters_of_base62_and_never_repeat() {
     let a = keys::generate().unwrap();
@@ -185,13 +197,7 @@ async fn rows_that_cannot_be_written_are_kept_until_they_can() {
     assert!(store.check(Duration::from_secs(5)).await.is_ok());
 
     // The store's own connection turns read-only: writes fail as on a full disk.
-    store
-        .call(Duration::from_secs(5), |c| {
-            c.pragma_update(None, "query_only", true)
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    set_query_only(&store, true).await;
     for i in 0..3 {
         store.record(row(&format!("b{i}"), None, "m", 1));
     }
@@ -206,13 +212,7 @@ async fn rows_that_cannot_be_written_are_kept_until_they_can() {
     assert_eq!(count(&path), 1);
 
     // Writable again: the kept rows are written, none lost.
-    store
-        .call(Duration::from_secs(5), |c| {
-            c.pragma_update(None, "query_only", false)
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    set_query_only(&store, false).await;
     store.flush(Duration::from_secs(5)).await.unwrap();
     assert_eq!(count(&path), 4);
     assert!(store.writable().is_ok());

@@ -105,6 +105,15 @@ where
     false
 }
 
+/// `key` is refused with a 401 and `message` within the refresh interval.
+async fn refused_soon(gw: &Gateway, key: &str, body: &Value, message: &str) -> bool {
+    eventually(Duration::from_secs(3), || async {
+        let (status, answer, _) = send(gw, &[("x-api-key", key)], body).await;
+        status == 401 && answer == error_body("authentication_error", message)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_key_made_with_the_cli_is_used_changed_and_revoked() {
     let (mock, gw, _) = keyed_gateway("keys").await;
@@ -191,14 +200,7 @@ async fn a_key_made_with_the_cli_is_used_changed_and_revoked() {
     // Revoked: refused within the refresh interval, and listed as revoked.
     let (status, _, stderr) = lynkr(&config, &["keys", "revoke", "alice"]);
     assert_eq!(status, 0, "{stderr}");
-    assert!(
-        eventually(Duration::from_secs(3), || async {
-            let (status, answer, _) = send(&gw, &[("x-api-key", key.as_str())], &body).await;
-            status == 401
-                && answer == error_body("authentication_error", "this API key has been revoked")
-        })
-        .await
-    );
+    assert!(refused_soon(&gw, &key, &body, "this API key has been revoked").await);
     let (_, listed, _) = lynkr(&config, &["keys", "list", "--json"]);
     let listed: Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed[0]["name"], "alice");
@@ -212,14 +214,7 @@ async fn a_key_made_with_the_cli_is_used_changed_and_revoked() {
 
     // Expired: refused with its own message.
     let old = create_key(&config, "old", &["--expires", "2020-01-01"]);
-    assert!(
-        eventually(Duration::from_secs(3), || async {
-            let (status, answer, _) = send(&gw, &[("x-api-key", old.as_str())], &body).await;
-            status == 401
-                && answer == error_body("authentication_error", "this API key has expired")
-        })
-        .await
-    );
+    assert!(refused_soon(&gw, &old, &body, "this API key has expired").await);
     // Health and metrics stay open without a key.
     assert_eq!(
         get_json(&gw.url("/health/ready")).await["checks"]["store"]["ok"],
