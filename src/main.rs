@@ -5,6 +5,12 @@
 use lynkr::config::Config;
 use pingora_core::server::configuration::Opt;
 
+/// jemalloc rather than glibc's malloc: measured 84 -> 65 µs of CPU a
+/// 22.5 KB request at c=32, and a lower peak under 1,000 streams (README,
+/// Performance). `gateway::trim` gives its free pages back when idle.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let mut args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
