@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test, installing what the tests need first:
-#   cmake (Pingora's build); prometheus and promtool (Debian package
+#   cmake (Pingora's build) and make (jemalloc's); prometheus and promtool (Debian package
 #   `prometheus`: the real-scrape test and the alert rules check);
 #   systemd-analyze (Debian package `systemd`: the unit file check);
 #   the Anthropic Python SDK (pip), the Claude Code CLI (npm, into target/claude-code).
@@ -12,6 +12,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
+command -v make >/dev/null || missing+=(make)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
