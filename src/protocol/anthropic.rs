@@ -5,6 +5,7 @@
 //! ...) are ignored by serde rather than modelled. Large opaque JSON (tool
 //! schemas, tool inputs) stays as `RawValue` so it is copied, not re-parsed.
 
+use super::tagged::internally_tagged;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -153,7 +154,7 @@ pub struct Message {
 /// passthrough forwards it byte for byte; translating providers leave it
 /// out), so a valid request is never refused for it.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(remote = "Self", rename_all = "snake_case")]
 pub enum ContentBlock {
     Text {
         text: String,
@@ -169,8 +170,8 @@ pub enum ContentBlock {
     ToolUse {
         id: String,
         name: String,
-        /// A `Value`, not `RawValue`: serde buffers internally tagged enums,
-        /// and `RawValue` cannot be read back from that buffer.
+        /// A `Value`: Ollama and Bedrock need the object. (Since blocks
+        /// are no longer buffered by serde, a `RawValue` would now parse.)
         input: serde_json::Value,
     },
     ToolResult {
@@ -247,6 +248,7 @@ pub enum ContentBlock {
     #[serde(other)]
     Unknown,
 }
+internally_tagged!(ContentBlock, "a content block (an object with a \"type\")");
 
 #[derive(Debug, Deserialize)]
 pub struct SearchResult {
@@ -266,7 +268,7 @@ pub struct LooseText {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(remote = "Self", rename_all = "snake_case")]
 pub enum MediaSource {
     Base64 {
         media_type: String,
@@ -292,9 +294,10 @@ pub enum MediaSource {
     #[serde(other)]
     Unknown,
 }
+internally_tagged!(MediaSource, "a source (an object with a \"type\")");
 
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(remote = "Self", rename_all = "snake_case")]
 pub enum ToolResultBlock {
     Text {
         text: String,
@@ -309,6 +312,10 @@ pub enum ToolResultBlock {
     #[serde(other)]
     Unknown,
 }
+internally_tagged!(
+    ToolResultBlock,
+    "a tool result block (an object with a \"type\")"
+);
 
 #[derive(Debug, Deserialize)]
 pub struct Tool<'a> {

@@ -6,4 +6,5 @@ pub mod estimate;
 pub mod events;
 pub mod readable;
 pub mod sse;
+pub mod tagged;
 pub mod validate;

@@ -218,7 +218,12 @@ mod tests {
         let e = err(
             r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":5}]}]}"#,
         );
-        assert!(e.starts_with("messages.0.content.0: invalid type"), "{e}");
+        // The path goes down to the field: blocks are no longer buffered
+        // by serde before their variant is known (`protocol::tagged`).
+        assert!(
+            e.starts_with("messages.0.content.0.text: invalid type"),
+            "{e}"
+        );
         let e = err(
             r#"{"model":"m","max_tokens":5,"messages":[{"role":"assistant","content":[{"type":"tool_use","name":"x","input":{}}]}]}"#,
         );
