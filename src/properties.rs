@@ -661,3 +661,27 @@ proptest! {
         prop_assert_eq!(&direct[..], &through_value[..]);
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Text escaped a word at a time is byte for byte serde_json's string,
+    /// for any Unicode and for text dense with bytes to escape, and so is
+    /// a struct field serialized through `serialize_text`.
+    #[test]
+    fn text_escaped_a_word_at_a_time_is_serde_jsons_string(
+        any_text in any::<String>(),
+        dense in "[\\x00-\\x1f\"\\\\a-z é日\\x7f]{0,200}",
+    ) {
+        use crate::util::json_text::{serialize_text, write_json_string};
+        #[derive(serde::Serialize)]
+        struct Field<'a>(#[serde(serialize_with = "serialize_text")] &'a str);
+        for s in [&any_text, &dense] {
+            let mut out = Vec::new();
+            write_json_string(&mut out, s);
+            let expected = serde_json::to_string(s).unwrap();
+            prop_assert_eq!(std::str::from_utf8(&out).unwrap(), expected.as_str());
+            prop_assert_eq!(serde_json::to_string(&Field(s)).unwrap(), expected);
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod date;
 pub mod ids;
+pub mod json_text;
 pub mod lines;
 pub mod redact;
 pub mod tls;

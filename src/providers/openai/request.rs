@@ -11,6 +11,7 @@ use crate::protocol::anthropic::{
 };
 use crate::protocol::error::ApiError;
 use crate::protocol::readable;
+use crate::util::json_text::{serialize_opt_text, serialize_text};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -54,18 +55,21 @@ pub struct ChatRequest<'a> {
 #[serde(tag = "role", rename_all = "lowercase")]
 pub enum ChatMessage<'a> {
     System {
+        #[serde(serialize_with = "serialize_text")]
         content: Cow<'a, str>,
     },
     User {
         content: UserContent<'a>,
     },
     Assistant {
+        #[serde(serialize_with = "serialize_opt_text")]
         content: Option<Cow<'a, str>>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         tool_calls: Vec<ToolCall<'a>>,
     },
     Tool {
         tool_call_id: &'a str,
+        #[serde(serialize_with = "serialize_text")]
         content: Cow<'a, str>,
     },
 }
@@ -73,16 +77,23 @@ pub enum ChatMessage<'a> {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum UserContent<'a> {
-    Text(Cow<'a, str>),
+    Text(#[serde(serialize_with = "serialize_text")] Cow<'a, str>),
     Parts(Vec<Part<'a>>),
 }
 
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Part<'a> {
-    Text { text: Cow<'a, str> },
-    ImageUrl { image_url: ImageUrl },
-    File { file: FileData<'a> },
+    Text {
+        #[serde(serialize_with = "serialize_text")]
+        text: Cow<'a, str>,
+    },
+    ImageUrl {
+        image_url: ImageUrl,
+    },
+    File {
+        file: FileData<'a>,
+    },
 }
 
 #[derive(Debug, Serialize)]
