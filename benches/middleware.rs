@@ -79,5 +79,60 @@ fn key_check(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, middleware, key_check);
+/// A request's budget reservation and its settlement, against a key with
+/// budgets of its own, its user's and its team's (three budgets, each a
+/// lock and an add), among 3,000 budgets.
+fn budget_reserve_settle(c: &mut Criterion) {
+    use lynkr::store::budgets::{Budget, BudgetBook, Charges, Metric, Period, Scope};
+    use lynkr::store::keys::ApiKey;
+    let mut budgets = Vec::new();
+    for i in 0..1000i64 {
+        for (j, (scope, subject, metric)) in [
+            (Scope::Key, format!("k{i}"), Metric::Usd),
+            (Scope::User, format!("u{i}"), Metric::Tokens),
+            (Scope::Team, format!("t{i}"), Metric::Requests),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            budgets.push(Budget {
+                id: i * 3 + j as i64,
+                scope,
+                subject,
+                metric,
+                period: Period::Month,
+                hard: 1e18,
+                soft: Some(1e17),
+            });
+        }
+    }
+    let book = BudgetBook::build(budgets, None, |_, _| 0.0, 1_796_209_697);
+    let key = ApiKey {
+        id: 7,
+        name: "k7".into(),
+        user: "u7".into(),
+        team: Some("t7".into()),
+        models: Vec::new(),
+        rpm: None,
+        max_in_flight: None,
+        expires_at: None,
+        disabled: false,
+        prefix: "lk-".into(),
+        created_at: 0,
+    };
+    let worst = Charges {
+        usd: 0.2,
+        tokens: 40_000.0,
+        requests: 1.0,
+    };
+    let now = lynkr::store::keys::now_secs();
+    c.bench_function("budget_reserve_and_settle_3_budgets", |b| {
+        b.iter(|| {
+            let held = book.reserve(black_box(&key), worst, now).unwrap();
+            black_box(held.settle(worst, now));
+        })
+    });
+}
+
+criterion_group!(benches, middleware, key_check, budget_reserve_settle);
 criterion_main!(benches);

@@ -4,6 +4,7 @@
 //! it at once, and the server sees key changes within `auth.refresh_ms`).
 
 use crate::config::Config;
+use crate::store::budgets::{self, Budget, BudgetSpec, Metric, Period, Scope};
 use crate::store::keys::{self, ApiKey, KeySpec};
 use crate::store::usage::{self, Filter, GroupBy};
 use crate::util::date;
@@ -19,6 +20,8 @@ Commands:
                  running lynkr), -d (daemon), -t (test the configuration)
   check-config   Check a configuration file and print every problem
   keys           Make, list, change and revoke API keys (`lynkr keys help`)
+  budgets        Set, list and delete budgets of keys, users and teams
+                 (`lynkr budgets help`)
   usage          Sum the usage ledger by day, model, session, key or user
   help           This text
 
@@ -31,7 +34,10 @@ Usage: lynkr keys COMMAND [-c FILE] [OPTIONS]
 
   create --name N [--user U] [--team T] [--models GLOB,...] [--rpm N]
          [--max-in-flight N] [--expires YYYY-MM-DD]
-                 Make a key; prints the key alone on stdout (shown only now)
+         [--budget-usd X] [--budget-tokens N] [--budget-requests N]
+         [--period day|week|month|total]
+                 Make a key; prints the key alone on stdout (shown only now).
+                 --budget-*: budgets of the key over --period (default month)
   list [--json]  Every key: name, prefix, user, team, models, limits, state
   update N [--user U] [--team T] [--models GLOB,...] [--rpm N]
          [--max-in-flight N] [--expires YYYY-MM-DD]
@@ -41,6 +47,23 @@ Usage: lynkr keys COMMAND [-c FILE] [OPTIONS]
 
 The store is store.path of the configuration (or LYNKR_DB_PATH).
 --rpm 0 or --max-in-flight 0 lifts resilience.rate_limit for the key.
+";
+
+pub const BUDGETS_HELP: &str = "\
+Usage: lynkr budgets COMMAND [-c FILE] [OPTIONS]
+
+  set (--key N | --user U | --team T) (--usd X | --tokens N | --requests N)
+      [--period day|week|month|total] [--soft X]
+                 Create the budget, or change its limits (one budget per
+                 subject, metric and period; --period defaults to month)
+  list [--json]  Every budget with what the ledger holds for its period
+  delete ID      Remove budget ID
+
+A request is refused with 402 billing_error when its worst case (the input
+estimate plus max_tokens of output, priced by providers.NAME.pricing) would
+take a budget of its key, its key's user or its key's team past the limit.
+Periods are UTC: a day, a week from Monday, a month from the 1st. --soft X
+logs once a period and counts budget_soft_limit_crossed_total.
 ";
 
 pub const USAGE_HELP: &str = "\
@@ -117,6 +140,11 @@ pub fn keys(args: &[String]) -> i32 {
     report(run_keys(args))
 }
 
+/// `lynkr budgets ...`: exit status.
+pub fn budgets(args: &[String]) -> i32 {
+    report(run_budgets(args))
+}
+
 /// `lynkr usage ...`: exit status.
 pub fn usage(args: &[String]) -> i32 {
     report(run_usage(args))
@@ -180,10 +208,17 @@ fn run_keys(args: &[String]) -> Result<(), String> {
     let a = Args::parse(rest)?;
     match command.as_str() {
         "create" => {
-            a.only(&[SPEC_FLAGS, &["--name"]].concat())?;
+            a.only(&[SPEC_FLAGS, &["--name"], KEY_BUDGET_FLAGS].concat())?;
             let name = a.get("--name").ok_or("keys create: --name is required")?;
+            let budget_specs = key_budgets(&a, name)?;
             let conn = open_store(&a)?;
-            let (key, secret) = keys::create(&conn, name, &spec(&a)?)?;
+            // The key and its budgets together, or neither.
+            let tx = conn.unchecked_transaction().map_err(|e| e.to_string())?;
+            let (key, secret) = keys::create(&tx, name, &spec(&a)?)?;
+            for b in &budget_specs {
+                budgets::set(&tx, b)?;
+            }
+            tx.commit().map_err(|e| e.to_string())?;
             eprintln!(
                 "created key {:?} for user {:?}; it is shown only now",
                 key.name, key.user
@@ -225,6 +260,188 @@ fn run_keys(args: &[String]) -> Result<(), String> {
             Err(format!("keys: unknown command {other:?}"))
         }
     }
+}
+
+const KEY_BUDGET_FLAGS: &[&str] = &[
+    "--budget-usd",
+    "--budget-tokens",
+    "--budget-requests",
+    "--period",
+];
+
+/// The budgets `keys create --budget-*` asks for.
+fn key_budgets(a: &Args, name: &str) -> Result<Vec<BudgetSpec>, String> {
+    let period = Period::parse(a.get("--period").unwrap_or("month"))?;
+    let mut specs = Vec::new();
+    for (flag, metric) in [
+        ("--budget-usd", Metric::Usd),
+        ("--budget-tokens", Metric::Tokens),
+        ("--budget-requests", Metric::Requests),
+    ] {
+        if let Some(v) = a.get(flag) {
+            let hard = limit(flag, v, metric)?;
+            budgets::check_limits(hard, None)?;
+            specs.push(BudgetSpec {
+                scope: Scope::Key,
+                subject: name.to_string(),
+                metric,
+                period,
+                hard,
+                soft: None,
+            });
+        }
+    }
+    if specs.is_empty() && a.has("--period") {
+        return Err(
+            "--period applies to --budget-usd, --budget-tokens or --budget-requests".into(),
+        );
+    }
+    Ok(specs)
+}
+
+/// A limit: USD may have cents; tokens and requests are whole numbers.
+fn limit(flag: &str, v: &str, metric: Metric) -> Result<f64, String> {
+    let bad = || format!("{flag} {v:?}: not a limit");
+    match metric {
+        Metric::Usd => v.parse::<f64>().map_err(|_| bad()),
+        Metric::Tokens | Metric::Requests => v.parse::<u64>().map(|n| n as f64).map_err(|_| bad()),
+    }
+}
+
+fn run_budgets(args: &[String]) -> Result<(), String> {
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{BUDGETS_HELP}");
+        return Err("budgets: which command?".into());
+    };
+    let a = Args::parse(rest)?;
+    match command.as_str() {
+        "set" => {
+            a.only(&[
+                "-c",
+                "--conf",
+                "--key",
+                "--user",
+                "--team",
+                "--usd",
+                "--tokens",
+                "--requests",
+                "--period",
+                "--soft",
+            ])?;
+            let subjects: Vec<_> = [
+                ("--key", Scope::Key),
+                ("--user", Scope::User),
+                ("--team", Scope::Team),
+            ]
+            .into_iter()
+            .filter_map(|(f, s)| a.get(f).map(|v| (s, v)))
+            .collect();
+            let [(scope, subject)] = subjects[..] else {
+                return Err("budgets set: give one of --key, --user or --team".into());
+            };
+            let metrics: Vec<_> = [
+                ("--usd", Metric::Usd),
+                ("--tokens", Metric::Tokens),
+                ("--requests", Metric::Requests),
+            ]
+            .into_iter()
+            .filter_map(|(f, m)| a.get(f).map(|v| limit(f, v, m).map(|l| (m, l))))
+            .collect::<Result<_, _>>()?;
+            let [(metric, hard)] = metrics[..] else {
+                return Err("budgets set: give one of --usd, --tokens or --requests".into());
+            };
+            let soft = a
+                .get("--soft")
+                .map(|v| limit("--soft", v, metric))
+                .transpose()?;
+            let conn = open_store(&a)?;
+            if scope == Scope::Key && keys::get(&conn, subject)?.is_none() {
+                return Err(format!("budgets set: no key named {subject:?}"));
+            }
+            let b = budgets::set(
+                &conn,
+                &BudgetSpec {
+                    scope,
+                    subject: subject.to_string(),
+                    metric,
+                    period: Period::parse(a.get("--period").unwrap_or("month"))?,
+                    hard,
+                    soft,
+                },
+            )?;
+            eprintln!("budget {}: {} (id {})", b.label(), b.hard, b.id);
+            Ok(())
+        }
+        "list" => {
+            a.only(&["-c", "--conf", "--json"])?;
+            let conn = open_store(&a)?;
+            let now = keys::now_secs();
+            let mut rows = Vec::new();
+            for b in budgets::list(&conn)? {
+                let start = b.period.start(now);
+                let spent = budgets::spent_since(&conn, &b, start).map_err(|e| e.to_string())?;
+                rows.push((budget_json(&b, spent, now), b, spent));
+            }
+            if a.has("--json") {
+                let json: Vec<_> = rows.into_iter().map(|(j, _, _)| j).collect();
+                println!("{}", serde_json::Value::Array(json));
+                return Ok(());
+            }
+            println!(
+                "{:>4} {:<5} {:<20} {:<9} {:<6} {:>14} {:>14} {:>14}",
+                "ID", "SCOPE", "SUBJECT", "METRIC", "PERIOD", "LIMIT", "SOFT", "SPENT"
+            );
+            for (_, b, spent) in rows {
+                println!(
+                    "{:>4} {:<5} {:<20} {:<9} {:<6} {:>14} {:>14} {:>14.4}",
+                    b.id,
+                    b.scope.as_str(),
+                    b.subject,
+                    b.metric.as_str(),
+                    b.period.as_str(),
+                    b.hard,
+                    b.soft.map_or_else(|| "-".to_string(), |s| s.to_string()),
+                    spent
+                );
+            }
+            Ok(())
+        }
+        "delete" => {
+            a.only(&["-c", "--conf"])?;
+            let id = match a.words.as_slice() {
+                [id] => id
+                    .parse::<i64>()
+                    .map_err(|_| format!("budgets delete: {id:?} is not a budget id"))?,
+                _ => return Err("budgets delete: name the budget by its id, once".into()),
+            };
+            budgets::delete(&open_store(&a)?, id)?;
+            eprintln!("deleted budget {id}");
+            Ok(())
+        }
+        "help" | "--help" | "-h" => {
+            print!("{BUDGETS_HELP}");
+            Ok(())
+        }
+        other => {
+            eprint!("{BUDGETS_HELP}");
+            Err(format!("budgets: unknown command {other:?}"))
+        }
+    }
+}
+
+/// A budget as `budgets list --json` and the admin API show it.
+pub fn budget_json(b: &Budget, spent: f64, now: i64) -> serde_json::Value {
+    serde_json::json!({
+        "id": b.id,
+        "scope": b.scope.as_str(),
+        "subject": b.subject,
+        "metric": b.metric.as_str(),
+        "period": b.period.as_str(),
+        "limit": b.hard,
+        "soft_limit": b.soft,
+        "spent": spent,
+        "resets_at": b.period.reset_at(b.period.start(now)).map(date::format_utc),
+    })
 }
 
 fn one_name<'a>(a: &'a Args, command: &str) -> Result<&'a str, String> {

@@ -17,6 +17,7 @@ fn main() {
         Some("check-config") => std::process::exit(check_config(args.get(2).map(String::as_str))),
         Some("keys") => std::process::exit(lynkr::cli::keys(&args[2..])),
         Some("usage") => std::process::exit(lynkr::cli::usage(&args[2..])),
+        Some("budgets") => std::process::exit(lynkr::cli::budgets(&args[2..])),
         Some("help" | "--help" | "-h") => {
             print!("{}", lynkr::cli::HELP);
             return;

@@ -30,6 +30,10 @@ pub const REJECT_REASONS: &[&str] = &[
     "rate_limit_in_flight",
     "targets_unavailable",
     "request_bytes_budget",
+    "store_unwritable",
+    "auth",
+    "permission",
+    "budget",
 ];
 
 /// Request durations: LLM calls run from milliseconds to minutes.
@@ -81,6 +85,8 @@ pub struct Metrics {
     /// Set at scrape time from the gateway's own state.
     pub in_flight: IntGauge,
     pub body_bytes_held: IntGauge,
+    pub budget_reservations: IntGauge,
+    pub budget_soft_crossed: prometheus::IntCounter,
     pub breaker_state: IntGaugeVec,
     pub endpoint_healthy: IntGaugeVec,
     state: Mutex<State>,
@@ -224,8 +230,24 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(body_bytes_held.clone()))
             .expect("unique metric");
+        let budget_reservations = IntGauge::new(
+            "budget_reservations_in_flight",
+            "Requests holding a budget reservation now (reserved before forwarding, settled when they end).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(budget_reservations.clone()))
+            .expect("unique metric");
+        let budget_soft_crossed = prometheus::IntCounter::new(
+            "budget_soft_limit_crossed_total",
+            "Times a budget's soft limit was crossed (once per budget and period).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(budget_soft_crossed.clone()))
+            .expect("unique metric");
         Metrics {
             body_bytes_held,
+            budget_reservations,
+            budget_soft_crossed,
             rejected,
             requests: counter(
                 &r,

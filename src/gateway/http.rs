@@ -76,7 +76,7 @@ impl HttpServerApp for LynkrApp {
         session.set_read_timeout(Some(gw.client_read + LINGER));
         let mut ctx = RequestCtx::default();
         gw.serve(&mut session, &mut ctx, self.admin).await;
-        gw.log(&session, &ctx);
+        gw.log(&session, &mut ctx);
         drop(ctx);
         if !session.is_body_done() {
             // Answered before its body was read (413, 529, 408): read and

@@ -10,6 +10,7 @@ use crate::protocol::error::{ApiError, Origin};
 use crate::protocol::validate::parse_messages_request;
 use crate::resilience::breaker::Permit;
 use crate::routing::{needs, Decision, Features, Target};
+use crate::store::budgets::Charges;
 use pingora_core::protocols::http::ServerSession;
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,8 @@ pub async fn handle(
             .map_err(|why| gw.shed(ctx, why))?;
     }
     let eligible = eligible_targets(&decision, &needs(&req, &features))?;
+    ctx.estimate = estimate;
+    gw.reserve_budget(ctx, worst_case(&eligible, estimate, req.max_tokens))?;
     let request = Attempt {
         req: &req,
         raw: &body,
@@ -114,6 +117,20 @@ pub async fn handle(
         }
     }
     Err(last_error.expect("at least one attempt was made"))
+}
+
+/// The most a request can spend: its input estimate and all of `max_tokens`
+/// as output, priced by the dearest target it may fall back to.
+fn worst_case(eligible: &[&Target], estimate: u64, max_tokens: u64) -> Charges {
+    Charges {
+        usd: eligible
+            .iter()
+            .filter_map(|t| t.provider.pricing)
+            .map(|p| p.cost(estimate, max_tokens))
+            .fold(0.0, f64::max),
+        tokens: (estimate + max_tokens) as f64,
+        requests: 1.0,
+    }
 }
 
 /// Targets that can serve this request, in the route's order.

@@ -30,6 +30,7 @@ use crate::resilience::buffered::{BodyBudget, Reservation};
 use crate::resilience::rate_limit::{Limited, RateLimiter};
 use crate::resilience::shedder::{InFlight, Shed, Shedder};
 use crate::routing::Router;
+use crate::store::budgets::{self, Charges};
 use crate::store::keys::ApiKey;
 use crate::store::usage::UsageRow;
 use crate::store::Store;
@@ -288,6 +289,28 @@ impl Gateway {
         }
     }
 
+    /// Reserve the request's worst case against the budgets of its key,
+    /// its user and its team; a 402 when one of them cannot take it.
+    pub fn reserve_budget(&self, ctx: &mut RequestCtx, worst: Charges) -> Result<(), ApiError> {
+        let (Some(store), Some(key)) = (&self.store, &ctx.key) else {
+            return Ok(());
+        };
+        let book = store.budgets();
+        if book.is_empty() {
+            return Ok(());
+        }
+        match book.reserve(key, worst, crate::store::keys::now_secs()) {
+            Ok(held) => {
+                ctx.budget = (!held.is_empty()).then_some(held);
+                Ok(())
+            }
+            Err(exhausted) => {
+                ctx.rejected_reason = Some("budget");
+                Err(ApiError::new(ErrorKind::BillingError, exhausted.message()))
+            }
+        }
+    }
+
     /// The 529 for a shed request, noted for the metrics.
     fn shed(&self, ctx: &mut RequestCtx, why: Shed) -> ApiError {
         let (reason, message) = match why {
@@ -309,7 +332,7 @@ impl Gateway {
     }
 
     /// Metrics and the access log line of a finished request.
-    pub fn log(&self, session: &ServerSession, ctx: &RequestCtx) {
+    pub fn log(&self, session: &ServerSession, ctx: &mut RequestCtx) {
         let req = session.req_header();
         let duration = ctx.started.elapsed();
         let target = ctx.target.as_ref();
@@ -340,7 +363,7 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if let Some(store) = self.store.as_ref().filter(|_| ctx.billable) {
-            store.record(UsageRow {
+            let row = UsageRow {
                 at_ms: crate::store::now_ms(),
                 request_id: ctx.request_id.clone(),
                 key_id: ctx.key.as_ref().map(|k| k.id),
@@ -362,7 +385,16 @@ impl Gateway {
                 ttft_ms: ctx.first_byte_ms,
                 attempts: ctx.attempts,
                 stream: ctx.stream,
-            });
+                team: ctx
+                    .key
+                    .as_ref()
+                    .and_then(|k| k.team.clone())
+                    .unwrap_or_default(),
+            };
+            if let Some(held) = ctx.budget.take() {
+                self.settle_budget(held, &row, ctx);
+            }
+            store.record(row);
         }
         AccessRecord {
             request_id: &ctx.request_id,
@@ -385,6 +417,33 @@ impl Gateway {
             error: ctx.error.as_deref().unwrap_or(""),
         }
         .emit();
+    }
+}
+
+impl Gateway {
+    /// Replace a request's reservation by what it spent: what the provider
+    /// reported, or, for a request cut short after the provider began to
+    /// answer and before it reported, the input estimate.
+    fn settle_budget(&self, held: budgets::Reservation, row: &UsageRow, ctx: &RequestCtx) {
+        let mut spent = Charges::spent_by(row);
+        let reported = row.input_tokens + row.output_tokens > 0;
+        if !reported && ctx.first_byte_ms.is_some() {
+            spent.tokens = ctx.estimate as f64;
+            spent.usd = ctx
+                .target
+                .as_ref()
+                .and_then(|t| t.pricing)
+                .map_or(0.0, |p| p.cost(ctx.estimate, 0));
+        }
+        for crossed in held.settle(spent, crate::store::keys::now_secs()) {
+            self.metrics.budget_soft_crossed.inc();
+            tracing::warn!(
+                budget = crossed.budget.label(),
+                soft_limit = crossed.budget.soft,
+                spent = crossed.spent,
+                "budget: soft limit crossed"
+            );
+        }
     }
 }
 
@@ -458,6 +517,10 @@ pub struct RequestCtx {
     pub key: Option<Arc<ApiKey>>,
     /// The request reached the point where it can spend: it gets a ledger row.
     pub billable: bool,
+    /// Its hold on the key's budgets, settled when the request is logged.
+    pub budget: Option<budgets::Reservation>,
+    /// Its estimated input tokens: what a request cut short is charged.
+    pub estimate: u64,
 }
 
 impl Default for RequestCtx {
@@ -483,6 +546,8 @@ impl Default for RequestCtx {
             body_bytes: None,
             key: None,
             billable: false,
+            budget: None,
+            estimate: 0,
         }
     }
 }

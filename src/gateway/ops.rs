@@ -85,6 +85,10 @@ pub async fn prometheus(
     let m = &gw.metrics;
     m.in_flight.set(gw.shedder.in_flight() as i64);
     m.body_bytes_held.set(gw.body_budget.used() as i64);
+    if let Some(store) = &gw.store {
+        m.budget_reservations
+            .set(store.budgets().reservations_in_flight());
+    }
     for (name, breaker) in &gw.breakers {
         let now = breaker.snapshot().state;
         for (state, label) in [

@@ -27,7 +27,7 @@ pub async fn send(
         }
         // Errors retrying cannot fix say so: the Anthropic SDK and Claude
         // Code otherwise retry 408, 409, 429 and every 5xx.
-        if matches!(status, 400 | 401 | 403 | 404 | 413) {
+        if matches!(status, 400 | 401 | 402 | 403 | 404 | 413) {
             h.insert_header("x-should-retry", "false")?;
         }
         Ok(h)

@@ -8,6 +8,8 @@ use serde::Serialize;
 pub enum ErrorKind {
     InvalidRequestError,
     AuthenticationError,
+    /// A budget is exhausted (Anthropic's 402 `billing_error`).
+    BillingError,
     PermissionError,
     NotFoundError,
     RequestTooLarge,
@@ -21,6 +23,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequestError => 400,
             ErrorKind::AuthenticationError => 401,
+            ErrorKind::BillingError => 402,
             ErrorKind::PermissionError => 403,
             ErrorKind::NotFoundError => 404,
             ErrorKind::RequestTooLarge => 413,
@@ -34,6 +37,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequestError => "invalid_request_error",
             ErrorKind::AuthenticationError => "authentication_error",
+            ErrorKind::BillingError => "billing_error",
             ErrorKind::PermissionError => "permission_error",
             ErrorKind::NotFoundError => "not_found_error",
             ErrorKind::RequestTooLarge => "request_too_large",
@@ -115,6 +119,7 @@ impl ApiError {
         let kind = match status {
             400 | 422 => ErrorKind::InvalidRequestError,
             401 => ErrorKind::AuthenticationError,
+            402 => ErrorKind::BillingError,
             403 => ErrorKind::PermissionError,
             404 => ErrorKind::NotFoundError,
             413 => ErrorKind::RequestTooLarge,

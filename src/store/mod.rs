@@ -11,11 +11,13 @@
 //! buffered and is retried, the store reports itself unhealthy, and the
 //! gateway refuses requests until it recovers (unless `store.fail_open`).
 
+pub mod budgets;
 pub mod keys;
 pub mod schema;
 pub mod usage;
 
 use crate::config::StoreConfig;
+use budgets::BudgetBook;
 use keys::KeyTable;
 use rusqlite::{Connection, OpenFlags};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,6 +71,7 @@ enum Command {
 /// What the gateway and the store thread share.
 struct Shared {
     keys: RwLock<Arc<KeyTable>>,
+    budgets: RwLock<Arc<BudgetBook>>,
     /// The last write of usage rows succeeded (or none has failed yet).
     writable: AtomicBool,
     /// Rows handed over and not yet committed.
@@ -96,8 +99,11 @@ impl Store {
         let data_version = data_version(&conn);
         let table = keys::load_table(&conn)
             .map_err(|e| format!("store.path {:?}: reading keys: {e}", config.path))?;
+        let book = load_book(&conn, None)
+            .map_err(|e| format!("store.path {:?}: reading budgets: {e}", config.path))?;
         let shared = Arc::new(Shared {
             keys: RwLock::new(Arc::new(table)),
+            budgets: RwLock::new(Arc::new(book)),
             writable: AtomicBool::new(true),
             buffered: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -126,6 +132,15 @@ impl Store {
     /// The key table as of the last reload.
     pub fn keys(&self) -> Arc<KeyTable> {
         self.shared.keys.read().expect("key table lock").clone()
+    }
+
+    /// The budgets as of the last reload, with their running totals.
+    pub fn budgets(&self) -> Arc<BudgetBook> {
+        self.shared
+            .budgets
+            .read()
+            .expect("budget book lock")
+            .clone()
     }
 
     /// Hand a finished request's row to the store thread.
@@ -211,6 +226,29 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The budgets in the file; those `previous` tracks keep their totals,
+/// the others start from what the ledger holds for their period.
+fn load_book(conn: &Connection, previous: Option<&BudgetBook>) -> Result<BudgetBook, String> {
+    let list = budgets::list(conn)?;
+    let mut failed = None;
+    let book = BudgetBook::build(
+        list,
+        previous,
+        |b, since| {
+            budgets::spent_since(conn, b, since).unwrap_or_else(|e| {
+                failed = Some(format!("{}: {e}", b.label()));
+                0.0
+            })
+        },
+        keys::now_secs(),
+    );
+    match failed {
+        // A budget must not start from zero because its sum failed.
+        Some(e) => Err(e),
+        None => Ok(book),
+    }
+}
+
 /// Changes when another connection commits (the CLI, another instance).
 fn data_version(conn: &Connection) -> i64 {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0))
@@ -270,6 +308,8 @@ impl Writer {
                 let v = data_version(&self.conn);
                 if v != seen_version {
                     seen_version = v;
+                    // Rows settled here count in the sums of new budgets.
+                    self.write_pending();
                     self.reload_keys();
                 }
                 next_refresh = now + self.refresh;
@@ -281,13 +321,24 @@ impl Writer {
         }
     }
 
+    /// Reload keys and budgets; what cannot be read stays as it was, and
+    /// the next change tries again.
     fn reload_keys(&self) {
         match keys::load_table(&self.conn) {
             Ok(table) => {
                 *self.shared.keys.write().expect("key table lock") = Arc::new(table);
             }
-            // The old table stays in force; the next change tries again.
             Err(e) => tracing::error!(error = %e, "store: cannot reload keys"),
+        }
+        let previous = self
+            .shared
+            .budgets
+            .read()
+            .expect("budget book lock")
+            .clone();
+        match load_book(&self.conn, Some(&previous)) {
+            Ok(book) => *self.shared.budgets.write().expect("budget book lock") = Arc::new(book),
+            Err(e) => tracing::error!(error = %e, "store: cannot reload budgets"),
         }
     }
 

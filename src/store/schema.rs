@@ -45,6 +45,21 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX usage_at ON usage(at_ms);
     CREATE INDEX usage_key_at ON usage(key_id, at_ms);",
+    // 2: budgets, and the team on each ledger row (team budgets sum by it).
+    "CREATE TABLE budgets (
+        id INTEGER PRIMARY KEY,
+        scope TEXT NOT NULL CHECK (scope IN ('key', 'user', 'team')),
+        subject TEXT NOT NULL,
+        metric TEXT NOT NULL CHECK (metric IN ('usd', 'tokens', 'requests')),
+        period TEXT NOT NULL CHECK (period IN ('day', 'week', 'month', 'total')),
+        hard REAL NOT NULL,
+        soft REAL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (scope, subject, metric, period)
+    );
+    ALTER TABLE usage ADD COLUMN team TEXT NOT NULL DEFAULT '';
+    CREATE INDEX usage_user_at ON usage(user, at_ms);
+    CREATE INDEX usage_team_at ON usage(team, at_ms);",
 ];
 
 /// The version this build writes.

@@ -282,3 +282,291 @@ fn usage_sums_group_and_filter() {
     assert_eq!(usage::expire(&conn, 2, now_ms()).unwrap(), 1);
     assert!(GroupBy::parse("week").is_err());
 }
+
+// ---- budgets ---------------------------------------------------------------
+
+use super::budgets::{BudgetSpec, Charges, Metric, Period, Scope};
+
+fn key_named(name: &str, user: &str, team: Option<&str>) -> keys::ApiKey {
+    keys::ApiKey {
+        id: 1,
+        name: name.into(),
+        user: user.into(),
+        team: team.map(str::to_owned),
+        models: Vec::new(),
+        rpm: None,
+        max_in_flight: None,
+        expires_at: None,
+        disabled: false,
+        prefix: "lk-x".into(),
+        created_at: 0,
+    }
+}
+
+fn budget(
+    id: i64,
+    scope: Scope,
+    subject: &str,
+    metric: Metric,
+    period: Period,
+    hard: f64,
+) -> budgets::Budget {
+    budgets::Budget {
+        id,
+        scope,
+        subject: subject.into(),
+        metric,
+        period,
+        hard,
+        soft: None,
+    }
+}
+
+fn usd(v: f64) -> Charges {
+    Charges {
+        usd: v,
+        tokens: 0.0,
+        requests: 1.0,
+    }
+}
+
+const NOW: i64 = 1_796_209_697; // 2026-12-02T11:08:17Z
+
+#[test]
+fn a_budget_admits_what_fits_beside_what_is_spent_and_reserved() {
+    let book = BudgetBook::build(
+        vec![budget(1, Scope::Key, "ci", Metric::Usd, Period::Month, 1.0)],
+        None,
+        |_, _| 0.0,
+        NOW,
+    );
+    let key = key_named("ci", "", None);
+    let a = book.reserve(&key, usd(0.4), NOW).unwrap();
+    let _b = book.reserve(&key, usd(0.4), NOW).unwrap();
+    let refused = book.reserve(&key, usd(0.4), NOW).unwrap_err();
+    assert_eq!(
+        (refused.spent, refused.reserved, refused.wanted),
+        (0.0, 0.8, 0.4)
+    );
+    assert_eq!(refused.resets_at, Some(date_utc("2027-01-01")));
+    let m = refused.message();
+    assert!(
+        m.contains("key \"ci\" usd/month allows 1.0000 USD")
+            && m.contains("resets at 2027-01-01T00:00:00Z"),
+        "{m}"
+    );
+    // Settled to what it really cost: room for another.
+    a.settle(usd(0.1), NOW);
+    let state = book.budgets().next().unwrap();
+    let (spent, reserved) = state.totals(NOW);
+    assert!((spent - 0.1).abs() < 1e-9 && (reserved - 0.4).abs() < 1e-9);
+    assert_eq!(book.reservations_in_flight(), 1);
+    book.reserve(&key, usd(0.4), NOW).unwrap();
+}
+
+fn date_utc(s: &str) -> i64 {
+    crate::util::date::parse_utc(s).unwrap()
+}
+
+#[test]
+fn a_refusal_by_one_budget_gives_back_what_the_others_reserved() {
+    let book = BudgetBook::build(
+        vec![
+            budget(1, Scope::Key, "ci", Metric::Usd, Period::Day, 10.0),
+            budget(2, Scope::User, "ana", Metric::Tokens, Period::Week, 100.0),
+            budget(3, Scope::Team, "ml", Metric::Requests, Period::Total, 5.0),
+        ],
+        None,
+        |_, _| 0.0,
+        NOW,
+    );
+    let key = key_named("ci", "ana", Some("ml"));
+    let worst = Charges {
+        usd: 1.0,
+        tokens: 150.0,
+        requests: 1.0,
+    };
+    let refused = book.reserve(&key, worst, NOW).unwrap_err();
+    assert_eq!(refused.budget.id, 2);
+    for b in book.budgets() {
+        assert_eq!(b.totals(NOW), (0.0, 0.0), "{}", b.budget.label());
+    }
+    assert_eq!(book.reservations_in_flight(), 0);
+    // The team's total budget never resets.
+    let held: Vec<_> = (0..5)
+        .map(|_| {
+            book.reserve(
+                &key,
+                Charges {
+                    usd: 0.0,
+                    tokens: 1.0,
+                    requests: 1.0,
+                },
+                NOW,
+            )
+            .unwrap()
+        })
+        .collect();
+    let e = book
+        .reserve(
+            &key,
+            Charges {
+                usd: 0.0,
+                tokens: 1.0,
+                requests: 1.0,
+            },
+            NOW,
+        )
+        .unwrap_err();
+    assert_eq!((e.budget.id, e.resets_at), (3, None));
+    assert!(e.message().contains("does not reset"), "{}", e.message());
+    drop(held);
+}
+
+#[test]
+fn concurrent_reservations_admit_exactly_what_the_budget_holds() {
+    let book = Arc::new(BudgetBook::build(
+        vec![budget(
+            1,
+            Scope::Key,
+            "ci",
+            Metric::Usd,
+            Period::Month,
+            37.0,
+        )],
+        None,
+        |_, _| 0.0,
+        NOW,
+    ));
+    let key = Arc::new(key_named("ci", "", None));
+    let threads: Vec<_> = (0..500)
+        .map(|_| {
+            let (book, key) = (book.clone(), key.clone());
+            std::thread::spawn(move || {
+                let held = book.reserve(&key, usd(1.0), NOW).ok()?;
+                std::thread::yield_now();
+                held.settle(usd(1.0), NOW);
+                Some(())
+            })
+        })
+        .collect();
+    let admitted = threads
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .count();
+    assert_eq!(admitted, 37);
+    let (spent, reserved) = book.budgets().next().unwrap().totals(NOW);
+    assert_eq!((spent, reserved), (37.0, 0.0));
+}
+
+#[test]
+fn a_new_period_forgets_the_spend_but_not_the_reservations_in_flight() {
+    let book = BudgetBook::build(
+        vec![budget(
+            1,
+            Scope::Key,
+            "ci",
+            Metric::Tokens,
+            Period::Day,
+            100.0,
+        )],
+        None,
+        |_, _| 60.0,
+        NOW,
+    );
+    let key = key_named("ci", "", None);
+    let tokens = |n: f64| Charges {
+        usd: 0.0,
+        tokens: n,
+        requests: 1.0,
+    };
+    assert!(book.reserve(&key, tokens(50.0), NOW).is_err());
+    let held = book.reserve(&key, tokens(30.0), NOW).unwrap();
+    let tomorrow = NOW + 86_400;
+    assert_eq!(book.budgets().next().unwrap().totals(tomorrow), (0.0, 30.0));
+    assert!(book.reserve(&key, tokens(71.0), tomorrow).is_err());
+    let _in_flight = book.reserve(&key, tokens(70.0), tomorrow).unwrap();
+    drop(held); // never settled: charged in full, not forgotten
+    let totals = book.budgets().next().unwrap().totals(tomorrow);
+    assert_eq!(totals, (30.0, 70.0));
+}
+
+#[test]
+fn the_soft_limit_is_reported_once_a_period() {
+    let mut b = budget(1, Scope::Key, "ci", Metric::Usd, Period::Day, 10.0);
+    b.soft = Some(1.0);
+    let book = BudgetBook::build(vec![b], None, |_, _| 0.0, NOW);
+    let key = key_named("ci", "", None);
+    let settle = |v: f64, now: i64| book.reserve(&key, usd(v), now).unwrap().settle(usd(v), now);
+    assert!(settle(0.8, NOW).is_empty());
+    assert_eq!(settle(0.8, NOW).len(), 1);
+    assert!(settle(0.8, NOW).is_empty());
+    assert_eq!(settle(1.5, NOW + 86_400).len(), 1);
+}
+
+#[test]
+fn budgets_start_from_the_ledger_and_keep_their_totals_across_reloads() {
+    let path = scratch("budgets");
+    let conn = open(path.to_str().unwrap()).unwrap();
+    let (key, _) = keys::create(
+        &conn,
+        "ci",
+        &KeySpec {
+            user: Some("ana".into()),
+            ..KeySpec::default()
+        },
+    )
+    .unwrap();
+    let b = budgets::set(
+        &conn,
+        &BudgetSpec {
+            scope: Scope::Key,
+            subject: "ci".into(),
+            metric: Metric::Usd,
+            period: Period::Month,
+            hard: 2.0,
+            soft: None,
+        },
+    )
+    .unwrap();
+    let mut rows = vec![
+        row("a", Some(key.id), "m", 10),
+        row("b", Some(key.id), "m", 10),
+        row("c", None, "m", 10),
+    ];
+    rows[1].status = 500; // its cost (0.5) still counts: it was reported
+    rows.push(UsageRow {
+        at_ms: 0,
+        ..row("old", Some(key.id), "m", 10)
+    }); // 1970: another month
+    let mut conn = conn;
+    usage::insert(&mut conn, &rows).unwrap();
+    assert_eq!(
+        budgets::spent_since(&conn, &b, Period::Month.start(keys::now_secs())).unwrap(),
+        1.0
+    );
+    let first = load_book(&conn, None).unwrap();
+    let state = first.budgets().next().unwrap().clone();
+    assert_eq!(state.totals(keys::now_secs()).0, 1.0);
+    let held = first.reserve(&key, usd(0.9), keys::now_secs()).unwrap();
+    // A reload (a limit changed) keeps the running totals.
+    budgets::set(
+        &conn,
+        &BudgetSpec {
+            scope: Scope::Key,
+            subject: "ci".into(),
+            metric: Metric::Usd,
+            period: Period::Month,
+            hard: 3.0,
+            soft: None,
+        },
+    )
+    .unwrap();
+    let second = load_book(&conn, Some(&first)).unwrap();
+    let now_state = second.budgets().next().unwrap();
+    assert_eq!(now_state.budget.hard, 3.0);
+    assert_eq!(now_state.totals(keys::now_secs()), (1.0, 0.9));
+    held.settle(usd(0.2), keys::now_secs());
+    assert_eq!(now_state.totals(keys::now_secs()).1, 0.0);
+    assert!((now_state.totals(keys::now_secs()).0 - 1.2).abs() < 1e-9);
+}

@@ -11,6 +11,8 @@ pub struct UsageRow {
     pub request_id: String,
     pub key_id: Option<i64>,
     pub user: String,
+    /// The key's team; empty without one.
+    pub team: String,
     /// `X-Claude-Code-Session-Id`.
     pub session: String,
     pub route: String,
@@ -38,8 +40,8 @@ pub fn insert(conn: &mut Connection, rows: &[UsageRow]) -> rusqlite::Result<()> 
         let mut stmt = tx.prepare_cached(
             "INSERT INTO usage (at_ms, request_id, key_id, user, session, route, provider, model,
                                 upstream_model, input_tokens, cache_read_tokens, output_tokens,
-                                cost, status, latency_ms, ttft_ms, attempts, stream)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                                cost, status, latency_ms, ttft_ms, attempts, stream, team)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
         )?;
         for r in rows {
             stmt.execute(params![
@@ -61,6 +63,7 @@ pub fn insert(conn: &mut Connection, rows: &[UsageRow]) -> rusqlite::Result<()> 
                 r.ttft_ms.map(|v| v as i64),
                 r.attempts,
                 r.stream,
+                r.team,
             ])?;
         }
     }

@@ -53,6 +53,30 @@ pub fn format_utc(secs: i64) -> String {
     )
 }
 
+/// Unix seconds of the start of the UTC day, ISO week (Monday) or month
+/// that holds `secs`.
+pub fn start_of_day(secs: i64) -> i64 {
+    secs.div_euclid(86_400) * 86_400
+}
+
+pub fn start_of_week(secs: i64) -> i64 {
+    let days = secs.div_euclid(86_400);
+    // 1970-01-01 was a Thursday: day 0 is 3 days after a Monday.
+    (days - (days + 3).rem_euclid(7)) * 86_400
+}
+
+pub fn start_of_month(secs: i64) -> i64 {
+    let (y, m, _) = civil_from_days(secs.div_euclid(86_400));
+    days_from_civil(y, m, 1) * 86_400
+}
+
+/// The start of the month after the one that starts at `month_start`.
+pub fn next_month(month_start: i64) -> i64 {
+    let (y, m, _) = civil_from_days(month_start.div_euclid(86_400));
+    let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    days_from_civil(y, m, 1) * 86_400
+}
+
 fn days_in_month(y: i64, m: i64) -> i64 {
     match m {
         2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
@@ -95,6 +119,27 @@ mod tests {
         assert_eq!(parse_utc("2026-12-02T11:08:17Z"), Ok(1_796_209_697));
         assert_eq!(format_utc(1_796_209_697), "2026-12-02T11:08:17Z");
         assert_eq!(parse_utc("2024-02-29"), Ok(1_709_164_800));
+        // Wednesday 2026-12-02: its week began on Monday 2026-11-30.
+        let t = parse_utc("2026-12-02T11:08:17Z").unwrap();
+        assert_eq!(format_utc(start_of_day(t)), "2026-12-02T00:00:00Z");
+        assert_eq!(format_utc(start_of_week(t)), "2026-11-30T00:00:00Z");
+        assert_eq!(
+            format_utc(start_of_week(parse_utc("2026-11-30").unwrap())),
+            "2026-11-30T00:00:00Z"
+        );
+        assert_eq!(
+            format_utc(start_of_week(parse_utc("2026-11-29T23:59:59Z").unwrap())),
+            "2026-11-23T00:00:00Z"
+        );
+        assert_eq!(format_utc(start_of_month(t)), "2026-12-01T00:00:00Z");
+        assert_eq!(
+            format_utc(next_month(start_of_month(t))),
+            "2027-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            format_utc(next_month(parse_utc("2024-01-01").unwrap())),
+            "2024-02-01T00:00:00Z"
+        );
         for s in [0, 951_868_799, 4_102_444_800, -86_400] {
             assert_eq!(parse_utc(&format_utc(s)), Ok(s));
         }

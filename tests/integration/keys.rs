@@ -433,3 +433,165 @@ fn a_store_that_cannot_be_opened_stops_startup_with_its_reason() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("auth.mode: keys needs a store"));
 }
+
+/// An OpenAI answer that reports all of `max_completion_tokens` as output:
+/// what a request spends then equals what Lynkr reserved for it.
+fn spends_its_max_tokens(r: &Recorded) -> Reply {
+    let max = r.body["max_completion_tokens"]
+        .as_u64()
+        .or(r.body["max_tokens"].as_u64())
+        .unwrap_or(0);
+    let mut body: Value =
+        serde_json::from_str(&completion_json("fine", "stop", Value::Null)).unwrap();
+    body["usage"] = json!({"prompt_tokens": 3, "completion_tokens": max, "total_tokens": 3 + max});
+    Reply::Json {
+        status: 200,
+        body: body.to_string(),
+        headers: vec![],
+    }
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_requests_spend_at_most_the_budget_and_exactly_n_succeed() {
+    let mock = MockUpstream::start(spends_its_max_tokens).await;
+    let dir = scratch_dir("budget");
+    // Output at 0.5 USD a token, input free: max_tokens 2 costs 1 USD at
+    // worst and in fact, so a budget of 37 USD admits exactly 37.
+    let provider = openai_provider(mock.addr).replace(
+        "    model: gpt-mock\n",
+        "    model: gpt-mock\n    pricing: {input_per_million: 0, output_per_million: 500000}\n",
+    );
+    let config = format!(
+        "{provider}{}resilience:\n  load_shedding: {{max_in_flight: 4096}}\n",
+        store_yaml(&dir, "keys", 50)
+    );
+    let gw = Gateway::start(&config, &[MOCK_KEY]);
+    let key = create_key(
+        &gw.config_path(),
+        "ci",
+        &["--user", "ana", "--budget-usd", "37", "--period", "day"],
+    );
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 2,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    // The server knows the key once count_tokens (which spends nothing) takes it.
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            let res = client()
+                .post(gw.url("/v1/messages/count_tokens"))
+                .header("x-api-key", &key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            res.status() == 200
+        })
+        .await
+    );
+    let answers = futures_util::future::join_all((0..500).map(|_| {
+        let (gw, key, body) = (&gw, key.as_str(), &body);
+        async move { send(gw, &[("x-api-key", key)], body).await }
+    }))
+    .await;
+    let ok = answers.iter().filter(|(s, _, _)| *s == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 402).collect();
+    assert_eq!(
+        ok,
+        37,
+        "statuses: {:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    let others: Vec<_> = answers
+        .iter()
+        .filter(|(s, _, _)| !matches!(*s, 200 | 402))
+        .map(|(s, b, _)| (s, b))
+        .take(3)
+        .collect();
+    assert_eq!(
+        refused.len(),
+        500 - 37,
+        "every request ends in success or 402: {others:?}"
+    );
+    let (_, body402, headers) = refused[0];
+    assert_eq!(body402["type"], "error");
+    assert_eq!(body402["error"]["type"], "billing_error");
+    let message = body402["error"]["message"].as_str().unwrap();
+    let tomorrow = lynkr::util::date::format_utc(
+        lynkr::util::date::start_of_day(lynkr::store::keys::now_secs()) + 86_400,
+    );
+    assert!(
+        message.starts_with("budget exhausted: key \"ci\" usd/day allows 37.0000 USD, ")
+            && message
+                .contains("reserved by requests in flight; this request could need 1.0000 USD; "),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(&format!("it resets at {tomorrow}")),
+        "{message}"
+    );
+    assert_eq!(headers["x-should-retry"], "false");
+    // The ledger: 37 rows of 1 USD, nothing lost; the CLI shows the spend.
+    let db = dir.join("lynkr.db");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            ledger(&db).iter().filter(|r| r["status"] == 200).count() == 37
+        })
+        .await,
+        "the ledger holds the 37 answered requests"
+    );
+    let (status, stdout, stderr) = lynkr(&gw.config_path(), &["budgets", "list", "--json"]);
+    assert_eq!(status, 0, "{stderr}");
+    let list: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(list[0]["subject"], "ci");
+    assert_eq!(list[0]["limit"], 37.0);
+    assert_eq!(list[0]["spent"], 37.0);
+    // Raised by the CLI: the running gateway admits again within refresh_ms.
+    let (status, _, stderr) = lynkr(
+        &gw.config_path(),
+        &[
+            "budgets", "set", "--key", "ci", "--usd", "38", "--period", "day",
+        ],
+    );
+    assert_eq!(status, 0, "{stderr}");
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            send(&gw, &[("x-api-key", &key)], &body).await.0 == 200
+        })
+        .await
+    );
+    assert_eq!(send(&gw, &[("x-api-key", &key)], &body).await.0, 402);
+    // A user budget of requests applies to every key of the user.
+    let (status, _, stderr) = lynkr(
+        &gw.config_path(),
+        &["budgets", "set", "--user", "ana", "--requests", "0"],
+    );
+    assert_eq!(status, 0, "{stderr}");
+    let other = create_key(&gw.config_path(), "ci-2", &["--user", "ana"]);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            let (s, b, _) = send(&gw, &[("x-api-key", &other)], &body).await;
+            s == 402
+                && b["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("user \"ana\" requests/month")
+        })
+        .await
+    );
+    let metrics = client()
+        .get(gw.url("/metrics/prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("http_requests_rejected_total{reason=\"budget\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("budget_reservations_in_flight 0"),
+        "{metrics}"
+    );
+    drop(mock);
+}
