@@ -116,7 +116,14 @@ pub struct Budget {
     pub soft: Option<f64>,
 }
 
+/// What tells budgets apart: one budget per scope, subject, metric and period.
+type Identity<'a> = (Scope, &'a str, Metric, Period);
+
 impl Budget {
+    pub fn identity(&self) -> Identity<'_> {
+        (self.scope, &self.subject, self.metric, self.period)
+    }
+
     /// `key "ci" usd/month`: how errors and logs name it.
     pub fn label(&self) -> String {
         format!(
@@ -138,6 +145,12 @@ pub struct BudgetSpec {
     pub period: Period,
     pub hard: f64,
     pub soft: Option<f64>,
+}
+
+impl BudgetSpec {
+    pub fn identity(&self) -> Identity<'_> {
+        (self.scope, &self.subject, self.metric, self.period)
+    }
 }
 
 pub fn check_limits(hard: f64, soft: Option<f64>) -> Result<(), String> {
@@ -180,12 +193,7 @@ pub fn set(conn: &Connection, spec: &BudgetSpec) -> Result<Budget, String> {
     .map_err(|e| e.to_string())?;
     list(conn)?
         .into_iter()
-        .find(|b| {
-            b.scope == spec.scope
-                && b.subject == spec.subject
-                && b.metric == spec.metric
-                && b.period == spec.period
-        })
+        .find(|b| b.identity() == spec.identity())
         .ok_or_else(|| "the budget was not saved".into())
 }
 
@@ -317,7 +325,8 @@ impl BudgetState {
 /// Every budget, by what it applies to: what the hot path reads.
 #[derive(Debug, Default)]
 pub struct BudgetBook {
-    by_subject: HashMap<(Scope, String), Vec<Arc<BudgetState>>>,
+    /// Per scope (key, user, team), by subject: looked up without allocating.
+    by_subject: [HashMap<String, Vec<Arc<BudgetState>>>; 3],
     by_id: HashMap<i64, Arc<BudgetState>>,
     /// Reservations not yet settled, over every budget (a metric).
     in_flight: Arc<AtomicI64>,
@@ -373,12 +382,9 @@ impl BudgetBook {
             ..Default::default()
         };
         for b in budgets {
-            let kept = previous.and_then(|p| p.by_id.get(&b.id)).filter(|old| {
-                old.budget.scope == b.scope
-                    && old.budget.subject == b.subject
-                    && old.budget.metric == b.metric
-                    && old.budget.period == b.period
-            });
+            let kept = previous
+                .and_then(|p| p.by_id.get(&b.id))
+                .filter(|old| old.budget.identity() == b.identity());
             let counters = match kept {
                 Some(old) => old.counters.clone(),
                 None => {
@@ -396,8 +402,8 @@ impl BudgetBook {
                 counters,
             });
             book.by_id.insert(b.id, state.clone());
-            book.by_subject
-                .entry((b.scope, b.subject.clone()))
+            book.by_subject[b.scope as usize]
+                .entry(b.subject.clone())
                 .or_default()
                 .push(state);
         }
@@ -436,7 +442,7 @@ impl BudgetBook {
             settled: false,
         };
         for (scope, subject) in subjects.into_iter().flatten() {
-            let Some(states) = self.by_subject.get(&(scope, subject.to_string())) else {
+            let Some(states) = self.by_subject[scope as usize].get(subject) else {
                 continue;
             };
             for state in states {
