@@ -47,13 +47,20 @@ impl Drop for Active {
     }
 }
 
+/// The margin before the grace period's end for a grace period this long.
+fn cut_margin(grace: Duration) -> Duration {
+    CUT_MARGIN.min(grace / 5)
+}
+
 impl Drain {
+    /// The drain `window` ends by the time streams are cut, so the last
+    /// usage rows are written before Pingora ends the process at `grace`.
     pub fn new(window: Duration, grace: Duration) -> Drain {
         Drain {
             started: OnceLock::new(),
             flag: AtomicBool::new(false),
             tx: watch::channel(false).0,
-            window,
+            window: window.min(grace.saturating_sub(cut_margin(grace))),
             grace,
             active: Arc::new(AtomicUsize::new(0)),
         }
@@ -80,7 +87,15 @@ impl Drain {
     fn cut_at(&self) -> Option<Instant> {
         self.started
             .get()
-            .map(|t| *t + self.grace.saturating_sub(CUT_MARGIN.min(self.grace / 5)))
+            .map(|t| *t + self.grace.saturating_sub(cut_margin(self.grace)))
+    }
+
+    /// The last moment to stop waiting for requests in flight and write
+    /// the store's last rows: half the margin after the cut.
+    fn last_call(&self) -> Option<Instant> {
+        self.started
+            .get()
+            .map(|t| *t + self.grace.saturating_sub(cut_margin(self.grace) / 2))
     }
 
     /// Resolves when shutdown has begun (at once if it has).
@@ -131,6 +146,13 @@ impl BackgroundService for DrainService {
         }
         let drain = &self.drain;
         drain.begin();
+        // Rows and holds written now: a process taking over (`-u`) counts
+        // them in its budgets from its next refresh.
+        if let Some(store) = &self.store {
+            if let Err(e) = store.flush(STORE_FLUSH).await {
+                tracing::warn!(error = %e, "store: rows not yet written at the start of shutdown");
+            }
+        }
         tracing::info!(
             drain_ms = drain.window.as_millis() as u64,
             grace_secs = drain.grace.as_secs(),
@@ -139,7 +161,10 @@ impl BackgroundService for DrainService {
         if let Some(end) = drain.window_end() {
             tokio::time::sleep_until(end.into()).await;
         }
-        while drain.in_flight() > 0 {
+        // Past the last call, what is still in flight is dropped by Pingora
+        // anyway: its rows are written first.
+        let last_call = drain.last_call().expect("the drain has begun");
+        while drain.in_flight() > 0 && Instant::now() < last_call {
             tokio::time::sleep(EXIT_POLL).await;
         }
         if let Some(store) = &self.store {
@@ -176,6 +201,24 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), d.cut())
             .await
             .expect("the cut comes");
+    }
+
+    #[test]
+    fn the_drain_window_ends_by_the_cut_so_the_last_rows_are_written_in_time() {
+        // The default: drain_ms 5000 with a 5 s grace period. A window as
+        // long as the grace let Pingora exit before the store's last write.
+        let d = Drain::new(Duration::from_secs(5), Duration::from_secs(5));
+        assert_eq!(d.window, Duration::from_secs(4));
+        d.begin();
+        let (window_end, cut, last) = (
+            d.window_end().unwrap(),
+            d.cut_at().unwrap(),
+            d.last_call().unwrap(),
+        );
+        assert!(window_end <= cut && cut < last);
+        assert!(last < d.started.get().copied().unwrap() + d.grace);
+        let short = Drain::new(Duration::from_secs(5), Duration::from_secs(1));
+        assert_eq!(short.window, Duration::from_millis(800));
     }
 
     #[test]
