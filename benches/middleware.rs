@@ -22,6 +22,7 @@ fn middleware(c: &mut Criterion) {
     let limiter = RateLimiter::new(&RateLimitConfig {
         requests_per_minute: u64::MAX / 2,
         max_in_flight_per_key: 1_000_000,
+        tokens_per_minute: 0,
     });
     let breaker = Breaker::new(&BreakerConfig::default());
     let metrics = Metrics::new();
@@ -106,7 +107,13 @@ fn budget_reserve_settle(c: &mut Criterion) {
             });
         }
     }
-    let book = BudgetBook::build(budgets, None, |_, _| 0.0, 1_796_209_697);
+    let book = BudgetBook::build(
+        budgets,
+        None,
+        |_, _| 0.0,
+        &Default::default(),
+        1_796_209_697,
+    );
     let key = ApiKey {
         id: 7,
         name: "k7".into(),
@@ -115,6 +122,7 @@ fn budget_reserve_settle(c: &mut Criterion) {
         models: Vec::new(),
         rpm: None,
         max_in_flight: None,
+        tpm: None,
         expires_at: None,
         disabled: false,
         prefix: "lk-".into(),

@@ -4,7 +4,7 @@
 //! it at once, and the server sees key changes within `auth.refresh_ms`).
 
 use crate::config::Config;
-use crate::store::budgets::{self, Budget, BudgetSpec, Metric, Period, Scope};
+use crate::store::budgets::{self, BudgetSpec, Metric, Period, Scope};
 use crate::store::keys::{self, ApiKey, KeySpec};
 use crate::store::usage::{self, Filter, GroupBy};
 use crate::util::date;
@@ -33,20 +33,21 @@ pub const KEYS_HELP: &str = "\
 Usage: lynkr keys COMMAND [-c FILE] [OPTIONS]
 
   create --name N [--user U] [--team T] [--models GLOB,...] [--rpm N]
-         [--max-in-flight N] [--expires YYYY-MM-DD]
+         [--tpm N] [--max-in-flight N] [--expires YYYY-MM-DD]
          [--budget-usd X] [--budget-tokens N] [--budget-requests N]
          [--period day|week|month|total]
                  Make a key; prints the key alone on stdout (shown only now).
                  --budget-*: budgets of the key over --period (default month)
   list [--json]  Every key: name, prefix, user, team, models, limits, state
   update N [--user U] [--team T] [--models GLOB,...] [--rpm N]
-         [--max-in-flight N] [--expires YYYY-MM-DD]
+         [--tpm N] [--max-in-flight N] [--expires YYYY-MM-DD]
                  Change what the options set; the rest stays
   revoke N       Refuse key N from now on (a running server: within
                  auth.refresh_ms); its ledger rows stay
 
 The store is store.path of the configuration (or LYNKR_DB_PATH).
---rpm 0 or --max-in-flight 0 lifts resilience.rate_limit for the key.
+--rpm, --tpm (tokens per minute) and --max-in-flight replace
+resilience.rate_limit's setting for the key; 0 lifts it.
 ";
 
 pub const BUDGETS_HELP: &str = "\
@@ -179,6 +180,7 @@ const SPEC_FLAGS: &[&str] = &[
     "--team",
     "--models",
     "--rpm",
+    "--tpm",
     "--max-in-flight",
     "--expires",
 ];
@@ -196,6 +198,7 @@ fn spec(a: &Args) -> Result<KeySpec, String> {
         }),
         rpm: a.number("--rpm")?,
         max_in_flight: a.number("--max-in-flight")?,
+        tpm: a.number("--tpm")?,
         expires_at: a.get("--expires").map(date::parse_utc).transpose()?,
     })
 }
@@ -230,7 +233,7 @@ fn run_keys(args: &[String]) -> Result<(), String> {
             a.only(&["-c", "--conf", "--json"])?;
             let list = keys::list(&open_store(&a)?)?;
             if a.has("--json") {
-                let json: Vec<_> = list.iter().map(key_json).collect();
+                let json: Vec<_> = list.iter().map(ApiKey::to_json).collect();
                 println!("{}", serde_json::Value::Array(json));
             } else {
                 print_keys(&list);
@@ -380,7 +383,7 @@ fn run_budgets(args: &[String]) -> Result<(), String> {
             for b in budgets::list(&conn)? {
                 let start = b.period.start(now);
                 let spent = budgets::spent_since(&conn, &b, start).map_err(|e| e.to_string())?;
-                rows.push((budget_json(&b, spent, now), b, spent));
+                rows.push((b.to_json(spent, now), b, spent));
             }
             if a.has("--json") {
                 let json: Vec<_> = rows.into_iter().map(|(j, _, _)| j).collect();
@@ -429,21 +432,6 @@ fn run_budgets(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// A budget as `budgets list --json` and the admin API show it.
-pub fn budget_json(b: &Budget, spent: f64, now: i64) -> serde_json::Value {
-    serde_json::json!({
-        "id": b.id,
-        "scope": b.scope.as_str(),
-        "subject": b.subject,
-        "metric": b.metric.as_str(),
-        "period": b.period.as_str(),
-        "limit": b.hard,
-        "soft_limit": b.soft,
-        "spent": spent,
-        "resets_at": b.period.reset_at(b.period.start(now)).map(date::format_utc),
-    })
-}
-
 fn one_name<'a>(a: &'a Args, command: &str) -> Result<&'a str, String> {
     match a.words.as_slice() {
         [name] => Ok(name),
@@ -451,25 +439,10 @@ fn one_name<'a>(a: &'a Args, command: &str) -> Result<&'a str, String> {
     }
 }
 
-pub fn key_json(k: &ApiKey) -> serde_json::Value {
-    serde_json::json!({
-        "name": k.name,
-        "prefix": k.prefix,
-        "user": k.user,
-        "team": k.team,
-        "models": k.models,
-        "rpm": k.rpm,
-        "max_in_flight": k.max_in_flight,
-        "expires_at": k.expires_at.map(date::format_utc),
-        "revoked": k.disabled,
-        "created_at": date::format_utc(k.created_at),
-    })
-}
-
 fn print_keys(list: &[ApiKey]) {
     println!(
-        "{:<20} {:<10} {:<14} {:<10} {:<20} {:>6} {:>9} {:<21} {:<8}",
-        "NAME", "PREFIX", "USER", "TEAM", "MODELS", "RPM", "IN-FLIGHT", "EXPIRES", "STATE"
+        "{:<20} {:<10} {:<14} {:<10} {:<20} {:>6} {:>9} {:>9} {:<21} {:<8}",
+        "NAME", "PREFIX", "USER", "TEAM", "MODELS", "RPM", "TPM", "IN-FLIGHT", "EXPIRES", "STATE"
     );
     let now = keys::now_secs();
     for k in list {
@@ -482,7 +455,7 @@ fn print_keys(list: &[ApiKey]) {
             "active"
         };
         println!(
-            "{:<20} {:<10} {:<14} {:<10} {:<20} {:>6} {:>9} {:<21} {:<8}",
+            "{:<20} {:<10} {:<14} {:<10} {:<20} {:>6} {:>9} {:>9} {:<21} {:<8}",
             k.name,
             k.prefix,
             k.user,
@@ -493,6 +466,7 @@ fn print_keys(list: &[ApiKey]) {
                 k.models.join(",")
             },
             opt(k.rpm),
+            opt(k.tpm),
             opt(k.max_in_flight),
             k.expires_at
                 .map_or_else(|| "never".to_string(), date::format_utc),

@@ -28,6 +28,7 @@ pub const REJECT_REASONS: &[&str] = &[
     "load_shedding_background",
     "rate_limit_per_minute",
     "rate_limit_in_flight",
+    "rate_limit_tokens",
     "targets_unavailable",
     "request_bytes_budget",
     "store_unwritable",

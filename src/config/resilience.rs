@@ -104,4 +104,7 @@ pub struct RateLimitConfig {
     pub requests_per_minute: u64,
     /// Requests in flight per API key at once; 0: off.
     pub max_in_flight_per_key: u64,
+    /// Tokens per minute per API key (input estimate when admitted, the
+    /// rest of what the provider reports when it ends); 0: off.
+    pub tokens_per_minute: u64,
 }

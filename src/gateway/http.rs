@@ -34,7 +34,7 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 
 pub struct LynkrApp {
     pub gateway: Arc<Gateway>,
-    /// The admin listener serves only health and metrics.
+    /// The admin listener serves health, metrics and the admin API.
     pub admin: bool,
 }
 

@@ -40,6 +40,7 @@ pub async fn handle(
     }
     let eligible = eligible_targets(&decision, &needs(&req, &features))?;
     ctx.estimate = estimate;
+    gw.take_tokens(session, ctx, estimate)?;
     gw.reserve_budget(ctx, worst_case(&eligible, estimate, req.max_tokens))?;
     let request = Attempt {
         req: &req,

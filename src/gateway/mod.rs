@@ -3,6 +3,7 @@
 //! HTTP server that drives them is `http.rs`; `/v1/messages` is answered
 //! by the exchange in `messages.rs` and `attempt.rs`.
 
+mod admin;
 mod attempt;
 mod body;
 mod drain;
@@ -67,6 +68,8 @@ pub struct Gateway {
     /// Keys and the usage ledger (`store.path`), if configured.
     pub store: Option<Arc<Store>>,
     pub auth: AuthMode,
+    /// SHA-256 of `LYNKR_ADMIN_KEY`: the admin API's bearer token.
+    pub admin_key: Option<crate::store::keys::KeyHash>,
 }
 
 impl Gateway {
@@ -120,6 +123,7 @@ impl Gateway {
                 )?)),
             },
             auth: config.auth.mode,
+            admin_key: admin::admin_key_from_env()?,
         })
     }
 
@@ -145,7 +149,7 @@ impl Gateway {
     }
 
     /// Answer one request. `admin`: it came in on the admin listener, which
-    /// serves only health and metrics.
+    /// serves health, metrics and the admin API (and nothing else).
     pub async fn serve(&self, session: &mut ServerSession, ctx: &mut RequestCtx, admin: bool) {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
@@ -167,6 +171,9 @@ impl Gateway {
                     ops::circuit_breakers(self, session, ctx).await
                 }
                 ("GET", "/metrics/endpoints") => ops::endpoints(self, session, ctx).await,
+                _ if admin && admin::is_admin_path(&path) => {
+                    admin::handle(self, session, ctx, method.as_str(), &path).await
+                }
                 _ => Err(ApiError::not_found(format!(
                     "{method} {path}: no such endpoint"
                 ))),
@@ -187,12 +194,16 @@ impl Gateway {
         path: &str,
         admin: bool,
     ) -> Result<(), ApiError> {
-        if is_ops_path(path) {
+        if is_ops_path(path) || (admin && admin::is_admin_path(path)) {
             return Ok(());
+        }
+        if admin::is_admin_path(path) {
+            // Never served here, whatever the request carries.
+            return Err(ApiError::not_found(format!("{path}: no such endpoint")));
         }
         if admin {
             return Err(ApiError::not_found(format!(
-                "{path}: the admin listener serves only health and metrics"
+                "{path}: the admin listener serves only health, metrics and /admin/"
             )));
         }
         if let Err(why) = self.shedder.check() {
@@ -215,34 +226,37 @@ impl Gateway {
         }
         let limits = ctx.key.as_deref().map(|k| (k.rpm, k.max_in_flight));
         if self.limiter.enabled() || limits.is_some_and(|(r, f)| r.is_some() || f.is_some()) {
-            let key = match ctx.key.as_deref() {
-                Some(k) => format!("id:{}", k.id),
-                None => client_key(session),
-            };
+            let key = rate_key(session, ctx);
             match self.limiter.check(&key, limits.unwrap_or_default()) {
                 Ok(guard) => ctx.key_in_flight = guard,
-                Err(limited) => {
-                    ctx.rejected_reason = Some(match limited {
-                        Limited::PerMinute(_) => "rate_limit_per_minute",
-                        Limited::InFlight(_) => "rate_limit_in_flight",
-                    });
-                    let (message, retry_after) = match limited {
-                        Limited::PerMinute(n) => (
-                            format!("rate limit: more than {n} requests per minute for this key"),
-                            60,
-                        ),
-                        Limited::InFlight(n) => (
-                            format!("rate limit: more than {n} requests in flight for this key"),
-                            1,
-                        ),
-                    };
-                    let mut e = ApiError::new(ErrorKind::RateLimitError, message);
-                    e.retry_after = Some(retry_after);
-                    return Err(e);
-                }
+                Err(limited) => return Err(rate_limited(ctx, limited)),
             }
         }
         Ok(())
+    }
+
+    /// Count a request's estimated input against its key's tokens per
+    /// minute; a 429 when the minute has no room for it.
+    pub fn take_tokens(
+        &self,
+        session: &ServerSession,
+        ctx: &mut RequestCtx,
+        estimate: u64,
+    ) -> Result<(), ApiError> {
+        let limit = self
+            .limiter
+            .tokens_limit(ctx.key.as_deref().and_then(|k| k.tpm));
+        if limit == 0 {
+            return Ok(());
+        }
+        let key = rate_key(session, ctx);
+        match self.limiter.take_tokens(&key, limit, estimate) {
+            Ok(()) => {
+                ctx.tokens_taken = Some((key, estimate));
+                Ok(())
+            }
+            Err(limited) => Err(rate_limited(ctx, limited)),
+        }
     }
 
     /// The key a request presents (`x-api-key`, or `Authorization: Bearer`),
@@ -356,6 +370,10 @@ impl Gateway {
                 cost,
             }),
         });
+        if let Some((key, taken)) = ctx.tokens_taken.take() {
+            let used = ctx.input_tokens + ctx.output_tokens;
+            self.limiter.add_tokens(&key, used.saturating_sub(taken));
+        }
         let route = ctx.route_label().unwrap_or_default();
         let session_id = req
             .headers
@@ -391,10 +409,11 @@ impl Gateway {
                     .and_then(|k| k.team.clone())
                     .unwrap_or_default(),
             };
-            if let Some(held) = ctx.budget.take() {
-                self.settle_budget(held, &row, ctx);
-            }
-            store.record(row);
+            let charged = match ctx.budget.take() {
+                Some(held) => self.settle_budget(held, &row, ctx),
+                None => Default::default(),
+            };
+            store.record(row, charged);
         }
         AccessRecord {
             request_id: &ctx.request_id,
@@ -424,7 +443,12 @@ impl Gateway {
     /// Replace a request's reservation by what it spent: what the provider
     /// reported, or, for a request cut short after the provider began to
     /// answer and before it reported, the input estimate.
-    fn settle_budget(&self, held: budgets::Reservation, row: &UsageRow, ctx: &RequestCtx) {
+    fn settle_budget(
+        &self,
+        held: budgets::Reservation,
+        row: &UsageRow,
+        ctx: &RequestCtx,
+    ) -> budgets::Charged {
         let mut spent = Charges::spent_by(row);
         let reported = row.input_tokens + row.output_tokens > 0;
         if !reported && ctx.first_byte_ms.is_some() {
@@ -435,7 +459,8 @@ impl Gateway {
                 .and_then(|t| t.pricing)
                 .map_or(0.0, |p| p.cost(ctx.estimate, 0));
         }
-        for crossed in held.settle(spent, crate::store::keys::now_secs()) {
+        let settled = held.settle(spent, crate::store::keys::now_secs());
+        for crossed in settled.crossed {
             self.metrics.budget_soft_crossed.inc();
             tracing::warn!(
                 budget = crossed.budget.label(),
@@ -444,6 +469,7 @@ impl Gateway {
                 "budget: soft limit crossed"
             );
         }
+        settled.charged
     }
 }
 
@@ -468,6 +494,51 @@ fn request_id(session: &ServerSession) -> String {
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
         .unwrap_or_else(|| format!("req_{:016x}", crate::util::unique_id()))
+}
+
+/// What rate limits count by: the authenticated key, else the presented
+/// key (hashed) or the client's address.
+fn rate_key(session: &ServerSession, ctx: &RequestCtx) -> String {
+    match ctx.key.as_deref() {
+        Some(k) => format!("id:{}", k.id),
+        None => client_key(session),
+    }
+}
+
+/// The 429 for a request over a rate limit, noted for the metrics; a 413
+/// (`x-should-retry: false`) for one that no wait would let through.
+fn rate_limited(ctx: &mut RequestCtx, limited: Limited) -> ApiError {
+    ctx.rejected_reason = Some(match limited {
+        Limited::PerMinute(_) => "rate_limit_per_minute",
+        Limited::InFlight(_) => "rate_limit_in_flight",
+        Limited::TokensPerMinute(_) | Limited::TooLarge { .. } => "rate_limit_tokens",
+    });
+    let (message, retry_after) = match limited {
+        Limited::PerMinute(n) => (
+            format!("rate limit: more than {n} requests per minute for this key"),
+            60,
+        ),
+        Limited::InFlight(n) => (
+            format!("rate limit: more than {n} requests in flight for this key"),
+            1,
+        ),
+        Limited::TokensPerMinute(n) => (
+            format!("rate limit: more than {n} tokens per minute for this key"),
+            60,
+        ),
+        Limited::TooLarge { limit, estimate } => {
+            return ApiError::new(
+                ErrorKind::RequestTooLarge,
+                format!(
+                    "this request's estimated {estimate} input tokens exceed the {limit} \
+                     tokens per minute its key may use"
+                ),
+            )
+        }
+    };
+    let mut e = ApiError::new(ErrorKind::RateLimitError, message);
+    e.retry_after = Some(retry_after);
+    e
 }
 
 /// The rate-limit key: the client's API key (hashed, never kept), else its address.
@@ -521,6 +592,9 @@ pub struct RequestCtx {
     pub budget: Option<budgets::Reservation>,
     /// Its estimated input tokens: what a request cut short is charged.
     pub estimate: u64,
+    /// The rate-limit key and the tokens counted for it at admission; the
+    /// rest of what it used is counted when it ends.
+    pub tokens_taken: Option<(String, u64)>,
 }
 
 impl Default for RequestCtx {
@@ -548,6 +622,7 @@ impl Default for RequestCtx {
             billable: false,
             budget: None,
             estimate: 0,
+            tokens_taken: None,
         }
     }
 }

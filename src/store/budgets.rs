@@ -8,10 +8,14 @@
 //! ends the reservation is replaced by what the provider reported. So
 //! however many requests run at once, their spend cannot pass the limit.
 //!
-//! What was spent is the usage ledger itself: at start (and for a budget
-//! created later) the book sums the ledger's rows of the current period;
-//! from then on it adds each settled request, whose ledger row the store
-//! thread writes in its next batch.
+//! What was spent is the usage ledger itself: each budget counts the sum
+//! of the ledger's rows of its period, as of the last reload, plus what
+//! requests settled here whose rows the store thread has not written yet
+//! (moved over as each batch commits). A reload (a change committed by
+//! another connection: the CLI, or another process on the same file, as
+//! during a `-u` upgrade) sums the ledger again, so rows another process
+//! wrote are counted too. What other processes hold for their requests in
+//! flight comes from the `holds` table, which each process keeps current.
 
 use super::usage::UsageRow;
 use crate::util::date;
@@ -122,6 +126,22 @@ type Identity<'a> = (Scope, &'a str, Metric, Period);
 impl Budget {
     pub fn identity(&self) -> Identity<'_> {
         (self.scope, &self.subject, self.metric, self.period)
+    }
+
+    /// The budget as `budgets list --json` and the admin API show it, with
+    /// `spent`, what the ledger holds for the period holding `now`.
+    pub fn to_json(&self, spent: f64, now: i64) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "scope": self.scope.as_str(),
+            "subject": self.subject,
+            "metric": self.metric.as_str(),
+            "period": self.period.as_str(),
+            "limit": self.hard,
+            "soft_limit": self.soft,
+            "spent": spent,
+            "resets_at": self.period.reset_at(self.period.start(now)).map(date::format_utc),
+        })
     }
 
     /// `key "ci" usd/month`: how errors and logs name it.
@@ -286,9 +306,22 @@ impl Charges {
 #[derive(Debug)]
 struct Counters {
     period_start: i64,
-    spent: f64,
+    /// The ledger's sum for the period at the last reload, plus the rows
+    /// this process has written since.
+    ledger: f64,
+    /// Settled here; their ledger rows are not written yet.
+    unwritten: f64,
+    /// Held by this process's requests in flight.
     reserved: f64,
+    /// Held by other processes on the same file (their `holds` rows).
+    others: f64,
     soft_noted: bool,
+}
+
+impl Counters {
+    fn spent(&self) -> f64 {
+        self.ledger + self.unwritten
+    }
 }
 
 /// A budget and its running totals. The totals are shared with the
@@ -301,10 +334,16 @@ pub struct BudgetState {
 }
 
 impl BudgetState {
-    /// `(spent, reserved)` in the current period.
+    /// `(spent, reserved)` in the current period; reserved by requests in
+    /// flight here and in other processes.
     pub fn totals(&self, now: i64) -> (f64, f64) {
         let c = self.lock(now);
-        (c.spent, c.reserved)
+        (c.spent(), c.reserved + c.others)
+    }
+
+    /// What requests in flight in this process hold.
+    pub fn reserved_here(&self) -> f64 {
+        self.counters.lock().expect("budget counters").reserved
     }
 
     /// The counters, rolled over to the period holding `now`: what was
@@ -315,7 +354,7 @@ impl BudgetState {
         let start = self.budget.period.start(now);
         if start > c.period_start && self.budget.period != Period::Total {
             c.period_start = start;
-            c.spent = 0.0;
+            c.ledger = 0.0;
             c.soft_noted = false;
         }
         c
@@ -367,13 +406,16 @@ impl Exhausted {
 }
 
 impl BudgetBook {
-    /// A book of `budgets`. Budgets this book's `previous` already tracks
-    /// (same id, scope, subject, metric and period) keep their totals; the
-    /// others start from `spent`, what the ledger holds for their period.
+    /// A book of `budgets`, each counting `ledger`, what the ledger holds
+    /// for it from a period start, and `others`, what other processes hold
+    /// for it by budget id. Budgets this book's `previous` already tracks
+    /// (same id, scope, subject, metric and period) keep their counters:
+    /// reservations in flight and settled rows not yet written.
     pub fn build(
         budgets: Vec<Budget>,
         previous: Option<&BudgetBook>,
-        mut spent: impl FnMut(&Budget, i64) -> f64,
+        mut ledger: impl FnMut(&Budget, i64) -> f64,
+        others: &HashMap<i64, f64>,
         now: i64,
     ) -> BudgetBook {
         let in_flight = previous.map_or_else(Default::default, |p| p.in_flight.clone());
@@ -382,17 +424,28 @@ impl BudgetBook {
             ..Default::default()
         };
         for b in budgets {
+            let held_elsewhere = others.get(&b.id).copied().unwrap_or(0.0);
             let kept = previous
                 .and_then(|p| p.by_id.get(&b.id))
                 .filter(|old| old.budget.identity() == b.identity());
             let counters = match kept {
-                Some(old) => old.counters.clone(),
+                Some(old) => {
+                    let start = old.lock(now).period_start;
+                    let sum = ledger(&b, start);
+                    let mut c = old.counters.lock().expect("budget counters");
+                    c.ledger = sum;
+                    c.others = held_elsewhere;
+                    drop(c);
+                    old.counters.clone()
+                }
                 None => {
                     let start = b.period.start(now);
                     Arc::new(Mutex::new(Counters {
                         period_start: start,
-                        spent: spent(&b, start),
+                        ledger: ledger(&b, start),
+                        unwritten: 0.0,
                         reserved: 0.0,
+                        others: held_elsewhere,
                         soft_noted: false,
                     }))
                 }
@@ -408,6 +461,19 @@ impl BudgetBook {
                 .push(state);
         }
         book
+    }
+
+    /// What this process's requests in flight hold, by budget id (the
+    /// `holds` rows it keeps for other processes), in id order.
+    pub fn holds(&self) -> Vec<(i64, f64)> {
+        let mut held: Vec<_> = self
+            .by_id
+            .iter()
+            .map(|(id, s)| (*id, s.reserved_here()))
+            .filter(|(_, r)| *r > 0.0)
+            .collect();
+        held.sort_by_key(|(id, _)| *id);
+        held
     }
 
     pub fn is_empty(&self) -> bool {
@@ -448,11 +514,11 @@ impl BudgetBook {
             for state in states {
                 let wanted = worst.of(state.budget.metric);
                 let mut c = state.lock(now);
-                if c.spent + c.reserved + wanted > state.budget.hard {
+                if c.spent() + c.reserved + c.others + wanted > state.budget.hard {
                     let refused = Exhausted {
                         budget: state.budget.clone(),
-                        spent: c.spent,
-                        reserved: c.reserved,
+                        spent: c.spent(),
+                        reserved: c.reserved + c.others,
                         wanted,
                         resets_at: state.budget.period.reset_at(c.period_start),
                     };
@@ -481,6 +547,36 @@ pub struct Reservation {
     settled: bool,
 }
 
+/// What settling a reservation did.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Budgets whose soft limit it crossed.
+    pub crossed: Vec<SoftCrossed>,
+    /// What it charged each budget: goes with the request's ledger row.
+    pub charged: Charged,
+}
+
+/// A settled request's charges on each budget, counted as unwritten until
+/// its ledger row is written. Dropped without `written` (a row that could
+/// not be recorded), they stay counted: never less than was spent.
+#[derive(Debug, Default)]
+pub struct Charged(Vec<(Arc<BudgetState>, f64)>);
+
+impl Charged {
+    /// The request's row (finished at `at`, unix seconds) is in the ledger
+    /// now: its charges move from unwritten to the ledger's sum, unless the
+    /// row belongs to a period already over.
+    pub fn written(self, at: i64) {
+        for (state, amount) in self.0 {
+            let mut c = state.counters.lock().expect("budget counters");
+            if at >= c.period_start {
+                c.ledger += amount;
+            }
+            c.unwritten = (c.unwritten - amount).max(0.0);
+        }
+    }
+}
+
 /// A budget whose soft limit a settlement crossed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SoftCrossed {
@@ -493,36 +589,39 @@ impl Reservation {
         self.held.is_empty()
     }
 
-    /// Replace the reservation by what the request spent. Returns the
-    /// budgets whose soft limit it crossed (each once a period).
-    pub fn settle(mut self, spent: Charges, now: i64) -> Vec<SoftCrossed> {
+    /// Replace the reservation by what the request spent: the budgets
+    /// whose soft limit it crossed (each once a period), and the charges,
+    /// which count as unwritten until the store writes the request's row.
+    pub fn settle(mut self, spent: Charges, now: i64) -> Settled {
         self.settle_with(|_| spent, now)
     }
 
-    fn settle_with(&mut self, spent: impl Fn(f64) -> Charges, now: i64) -> Vec<SoftCrossed> {
+    fn settle_with(&mut self, spent: impl Fn(f64) -> Charges, now: i64) -> Settled {
+        let mut settled = Settled::default();
         if self.settled || self.held.is_empty() {
             self.settled = true;
-            return Vec::new();
+            return settled;
         }
         self.settled = true;
-        let mut crossed = Vec::new();
         for (state, reserved) in self.held.drain(..) {
             let actual = spent(reserved).of(state.budget.metric);
             let mut c = state.lock(now);
             c.reserved = (c.reserved - reserved).max(0.0);
-            c.spent += actual;
+            c.unwritten += actual;
             if let Some(soft) = state.budget.soft {
-                if c.spent > soft && !c.soft_noted {
+                if c.spent() > soft && !c.soft_noted {
                     c.soft_noted = true;
-                    crossed.push(SoftCrossed {
+                    settled.crossed.push(SoftCrossed {
                         budget: state.budget.clone(),
-                        spent: c.spent,
+                        spent: c.spent(),
                     });
                 }
             }
+            drop(c);
+            settled.charged.0.push((state, actual));
         }
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        crossed
+        settled
     }
 
     /// Give everything back (the request was refused before it could spend).

@@ -27,6 +27,8 @@ pub struct ApiKey {
     pub rpm: Option<u64>,
     /// Requests in flight at once; `None`: the `resilience.rate_limit` setting.
     pub max_in_flight: Option<u64>,
+    /// Tokens per minute; `None`: the `resilience.rate_limit` setting.
+    pub tpm: Option<u64>,
     /// Unix seconds after which the key is refused.
     pub expires_at: Option<i64>,
     pub disabled: bool,
@@ -36,6 +38,24 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
+    /// The key as `keys list --json` and the admin API show it (never its secret).
+    pub fn to_json(&self) -> serde_json::Value {
+        use crate::util::date::format_utc;
+        serde_json::json!({
+            "name": self.name,
+            "prefix": self.prefix,
+            "user": self.user,
+            "team": self.team,
+            "models": self.models,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "max_in_flight": self.max_in_flight,
+            "expires_at": self.expires_at.map(format_utc),
+            "revoked": self.disabled,
+            "created_at": format_utc(self.created_at),
+        })
+    }
+
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.is_empty()
             || self
@@ -133,6 +153,7 @@ pub struct KeySpec {
     pub models: Option<Vec<String>>,
     pub rpm: Option<u64>,
     pub max_in_flight: Option<u64>,
+    pub tpm: Option<u64>,
     pub expires_at: Option<i64>,
 }
 
@@ -164,8 +185,8 @@ pub fn create(conn: &Connection, name: &str, spec: &KeySpec) -> Result<(ApiKey, 
     let prefix = secret[..PREFIX.len() + 6].to_string();
     conn.execute(
         "INSERT INTO keys (name, hash, prefix, user, team, models, rpm, max_in_flight,
-                           expires_at, disabled, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?10)",
+                           expires_at, disabled, created_at, updated_at, tpm)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?10, ?11)",
         params![
             name,
             &hash(&secret)[..],
@@ -177,6 +198,7 @@ pub fn create(conn: &Connection, name: &str, spec: &KeySpec) -> Result<(ApiKey, 
             spec.max_in_flight.map(|v| v as i64),
             spec.expires_at,
             now,
+            spec.tpm.map(|v| v as i64),
         ],
     )
     .map_err(|e| match e {
@@ -203,7 +225,8 @@ pub fn update(conn: &Connection, name: &str, spec: &KeySpec) -> Result<ApiKey, S
                 rpm = COALESCE(?5, rpm),
                 max_in_flight = COALESCE(?6, max_in_flight),
                 expires_at = COALESCE(?7, expires_at),
-                updated_at = ?8
+                updated_at = ?8,
+                tpm = COALESCE(?9, tpm)
              WHERE name = ?1",
             params![
                 name,
@@ -214,6 +237,7 @@ pub fn update(conn: &Connection, name: &str, spec: &KeySpec) -> Result<ApiKey, S
                 spec.max_in_flight.map(|v| v as i64),
                 spec.expires_at,
                 now_secs(),
+                spec.tpm.map(|v| v as i64),
             ],
         )
         .map_err(|e| e.to_string())?;
@@ -239,8 +263,8 @@ pub fn revoke(conn: &Connection, name: &str) -> Result<(), String> {
 }
 
 const COLUMNS: &str =
-    "id, name, user, team, models, rpm, max_in_flight, expires_at, disabled, prefix, created_at";
-const COLUMN_COUNT: usize = 11;
+    "id, name, user, team, models, rpm, max_in_flight, expires_at, disabled, prefix, created_at, tpm";
+const COLUMN_COUNT: usize = 12;
 
 fn from_row(r: &Row) -> rusqlite::Result<ApiKey> {
     let models: String = r.get(4)?;
@@ -260,6 +284,7 @@ fn from_row(r: &Row) -> rusqlite::Result<ApiKey> {
         disabled: r.get(8)?,
         prefix: r.get(9)?,
         created_at: r.get(10)?,
+        tpm: r.get::<_, Option<i64>>(11)?.map(|v| v as u64),
     })
 }
 

@@ -12,12 +12,13 @@
 //! gateway refuses requests until it recovers (unless `store.fail_open`).
 
 pub mod budgets;
+pub mod holds;
 pub mod keys;
 pub mod schema;
 pub mod usage;
 
 use crate::config::StoreConfig;
-use budgets::BudgetBook;
+use budgets::{BudgetBook, Charged};
 use keys::KeyTable;
 use rusqlite::{Connection, OpenFlags};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +31,11 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
 /// Rows buffered past this while the file cannot be written are dropped
 /// (only with `fail_open`; otherwise requests are refused long before).
 const MAX_BUFFERED_ROWS: usize = 1_000_000;
+/// A process rewrites its `holds` rows at least this often while it holds
+/// anything...
+const HOLDS_HEARTBEAT: Duration = Duration::from_secs(5);
+/// ...and rows older than this are a process that is gone: ignored.
+const HOLDS_STALE_MS: i64 = 15_000;
 
 /// Open (or create) the database at `path`, bring its schema up to date,
 /// and set the pragmas every connection uses.
@@ -62,11 +68,15 @@ pub fn open(path: &str) -> Result<Connection, String> {
 }
 
 enum Command {
-    Usage(Box<UsageRow>),
-    /// Work on the connection (admin changes, health pings); the key table
-    /// is reloaded after it if it changed any row.
-    Call(Box<dyn FnOnce(&mut Connection) + Send>),
+    /// A finished request's row, and what it charged its budgets.
+    Usage(Box<(UsageRow, Charged)>),
+    /// Work on the connection (admin changes, health pings). It returns
+    /// how to deliver its answer, which happens after the key table is
+    /// reloaded (if it changed any row): a caller told "revoked" can rely on it.
+    Call(Box<dyn FnOnce(&mut Connection) -> Deliver + Send>),
 }
+
+type Deliver = Box<dyn FnOnce() + Send>;
 
 /// What the gateway and the store thread share.
 struct Shared {
@@ -99,6 +109,8 @@ impl Store {
         let data_version = data_version(&conn);
         let table = keys::load_table(&conn)
             .map_err(|e| format!("store.path {:?}: reading keys: {e}", config.path))?;
+        // Holds left by an earlier process with this pid are not anyone's.
+        holds::clear(&conn).map_err(|e| format!("store.path {:?}: {e}", config.path))?;
         let book = load_book(&conn, None)
             .map_err(|e| format!("store.path {:?}: reading budgets: {e}", config.path))?;
         let shared = Arc::new(Shared {
@@ -114,6 +126,8 @@ impl Store {
             rx,
             shared: shared.clone(),
             pending: Vec::new(),
+            pending_charges: Vec::new(),
+            holds_written: (Vec::new(), Instant::now()),
             flush: Duration::from_millis(config.flush_ms),
             refresh,
             retention_days: config.retention_days,
@@ -143,10 +157,11 @@ impl Store {
             .clone()
     }
 
-    /// Hand a finished request's row to the store thread.
-    pub fn record(&self, row: UsageRow) {
+    /// Hand a finished request's row to the store thread, with what it
+    /// charged its budgets (counted as unwritten until the row is written).
+    pub fn record(&self, row: UsageRow, charged: Charged) {
         self.shared.buffered.fetch_add(1, Ordering::AcqRel);
-        let sent = self.tx.send(Command::Usage(Box::new(row)));
+        let sent = self.tx.send(Command::Usage(Box::new((row, charged))));
         if sent.is_err() {
             self.shared.writable.store(false, Ordering::Release);
             set_error(&self.shared, "the store thread has stopped".into());
@@ -181,8 +196,11 @@ impl Store {
         f: impl FnOnce(&mut Connection) -> T + Send + 'static,
     ) -> Result<T, String> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = Box::new(move |conn: &mut Connection| {
-            let _ = reply.send(f(conn));
+        let job = Box::new(move |conn: &mut Connection| -> Deliver {
+            let answer = f(conn);
+            Box::new(move || {
+                let _ = reply.send(answer);
+            })
         });
         self.tx
             .send(Command::Call(job))
@@ -209,7 +227,9 @@ impl Store {
         .await?
     }
 
-    /// Write every buffered row now (shutdown); waits at most `deadline`.
+    /// Write every buffered row (and this process's holds) now: at the
+    /// start of a shutdown, so a process taking over sees them, and at its
+    /// end. Waits at most `deadline`.
     pub async fn flush(&self, deadline: Duration) -> Result<(), String> {
         self.call(deadline, |_| ()).await?;
         match self.buffered() {
@@ -226,10 +246,16 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The budgets in the file; those `previous` tracks keep their totals,
-/// the others start from what the ledger holds for their period.
+/// The budgets in the file, each with what the ledger holds for its
+/// period and what other processes hold for it; those `previous` tracks
+/// keep their own reservations and unwritten charges.
 fn load_book(conn: &Connection, previous: Option<&BudgetBook>) -> Result<BudgetBook, String> {
     let list = budgets::list(conn)?;
+    let others = match list.is_empty() {
+        true => Default::default(),
+        false => holds::of_others(conn, now_ms() - HOLDS_STALE_MS)
+            .map_err(|e| format!("reading other processes' holds: {e}"))?,
+    };
     let mut failed = None;
     let book = BudgetBook::build(
         list,
@@ -240,6 +266,7 @@ fn load_book(conn: &Connection, previous: Option<&BudgetBook>) -> Result<BudgetB
                 0.0
             })
         },
+        &others,
         keys::now_secs(),
     );
     match failed {
@@ -265,6 +292,10 @@ struct Writer {
     rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     pending: Vec<UsageRow>,
+    /// Each pending row's finish time (unix seconds) and budget charges.
+    pending_charges: Vec<(i64, Charged)>,
+    /// The holds last written, and when.
+    holds_written: (Vec<(i64, f64)>, Instant),
     flush: Duration,
     refresh: Duration,
     retention_days: u64,
@@ -281,27 +312,38 @@ impl Writer {
                 .rx
                 .recv_timeout(wake.saturating_duration_since(Instant::now()))
             {
-                Ok(Command::Usage(row)) => self.pending.push(*row),
+                Ok(Command::Usage(entry)) => {
+                    let (row, charged) = *entry;
+                    self.pending_charges
+                        .push((row.at_ms.div_euclid(1000), charged));
+                    self.pending.push(row);
+                }
                 Ok(Command::Call(job)) => {
                     self.write_pending();
+                    self.write_holds();
                     let before = self.conn.total_changes();
-                    job(&mut self.conn);
+                    let deliver = job(&mut self.conn);
                     // Only a call that changed rows (an admin change, not a
                     // readiness ping) can have changed keys.
                     if self.conn.total_changes() != before {
                         seen_version = data_version(&self.conn);
                         self.reload_keys();
                     }
+                    deliver();
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.write_pending();
+                    if let Err(e) = holds::clear(&self.conn) {
+                        tracing::warn!(error = %e, "store: cannot clear this process's holds");
+                    }
                     return;
                 }
             }
             let now = Instant::now();
             if now >= next_flush {
                 self.write_pending();
+                self.write_holds();
                 next_flush = now + self.flush;
             }
             if now >= next_refresh {
@@ -350,6 +392,9 @@ impl Writer {
         match usage::insert(&mut self.conn, &self.pending) {
             Ok(()) => {
                 self.pending.clear();
+                for (at, charged) in self.pending_charges.drain(..) {
+                    charged.written(at);
+                }
                 self.shared.buffered.fetch_sub(n as u64, Ordering::AcqRel);
                 if !self.shared.writable.swap(true, Ordering::AcqRel) {
                     tracing::info!(rows = n, "store: usage rows are written again");
@@ -364,12 +409,34 @@ impl Writer {
                 if n > MAX_BUFFERED_ROWS {
                     let dropped = n - MAX_BUFFERED_ROWS;
                     self.pending.drain(..dropped);
+                    // Their charges stay counted: never less than was spent.
+                    self.pending_charges.drain(..dropped);
                     self.shared
                         .buffered
                         .fetch_sub(dropped as u64, Ordering::AcqRel);
                     tracing::error!(dropped, "store: usage rows dropped, the buffer is full");
                 }
             }
+        }
+    }
+
+    /// Keep this process's `holds` rows current: rewritten when what its
+    /// requests hold changed, and every `HOLDS_HEARTBEAT` while it holds
+    /// anything (so they are never taken for a gone process's).
+    fn write_holds(&mut self) {
+        let held = self
+            .shared
+            .budgets
+            .read()
+            .expect("budget book lock")
+            .holds();
+        let (last, at) = &self.holds_written;
+        if held == *last && (held.is_empty() || at.elapsed() < HOLDS_HEARTBEAT) {
+            return;
+        }
+        match holds::write(&mut self.conn, &held, now_ms()) {
+            Ok(()) => self.holds_written = (held, Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "store: cannot write this process's holds"),
         }
     }
 

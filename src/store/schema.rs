@@ -60,6 +60,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE usage ADD COLUMN team TEXT NOT NULL DEFAULT '';
     CREATE INDEX usage_user_at ON usage(user, at_ms);
     CREATE INDEX usage_team_at ON usage(team, at_ms);",
+    // 3: tokens per minute per key; budget reservations each running
+    // process holds (so another process sharing the file, as during a
+    // `-u` upgrade, counts them too).
+    "ALTER TABLE keys ADD COLUMN tpm INTEGER;
+    CREATE TABLE holds (
+        pid INTEGER NOT NULL,
+        budget_id INTEGER NOT NULL,
+        reserved REAL NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (pid, budget_id)
+    );",
 ];
 
 /// The version this build writes.

@@ -191,7 +191,7 @@ async fn rows_that_cannot_be_written_are_kept_until_they_can() {
             .query_row("SELECT count(*) FROM usage", [], |r| r.get(0))
             .unwrap()
     };
-    store.record(row("a", None, "m", 1));
+    store.record(row("a", None, "m", 1), Default::default());
     store.flush(Duration::from_secs(5)).await.unwrap();
     assert_eq!(count(&path), 1);
     assert!(store.check(Duration::from_secs(5)).await.is_ok());
@@ -199,7 +199,7 @@ async fn rows_that_cannot_be_written_are_kept_until_they_can() {
     // The store's own connection turns read-only: writes fail as on a full disk.
     set_query_only(&store, true).await;
     for i in 0..3 {
-        store.record(row(&format!("b{i}"), None, "m", 1));
+        store.record(row(&format!("b{i}"), None, "m", 1), Default::default());
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while store.writable().is_ok() && std::time::Instant::now() < deadline {
@@ -296,6 +296,7 @@ fn key_named(name: &str, user: &str, team: Option<&str>) -> keys::ApiKey {
         models: Vec::new(),
         rpm: None,
         max_in_flight: None,
+        tpm: None,
         expires_at: None,
         disabled: false,
         prefix: "lk-x".into(),
@@ -338,6 +339,7 @@ fn a_budget_admits_what_fits_beside_what_is_spent_and_reserved() {
         vec![budget(1, Scope::Key, "ci", Metric::Usd, Period::Month, 1.0)],
         None,
         |_, _| 0.0,
+        &Default::default(),
         NOW,
     );
     let key = key_named("ci", "", None);
@@ -378,6 +380,7 @@ fn a_refusal_by_one_budget_gives_back_what_the_others_reserved() {
         ],
         None,
         |_, _| 0.0,
+        &Default::default(),
         NOW,
     );
     let key = key_named("ci", "ana", Some("ml"));
@@ -436,6 +439,7 @@ fn concurrent_reservations_admit_exactly_what_the_budget_holds() {
         )],
         None,
         |_, _| 0.0,
+        &Default::default(),
         NOW,
     ));
     let key = Arc::new(key_named("ci", "", None));
@@ -472,6 +476,7 @@ fn a_new_period_forgets_the_spend_but_not_the_reservations_in_flight() {
         )],
         None,
         |_, _| 60.0,
+        &Default::default(),
         NOW,
     );
     let key = key_named("ci", "", None);
@@ -495,9 +500,14 @@ fn a_new_period_forgets_the_spend_but_not_the_reservations_in_flight() {
 fn the_soft_limit_is_reported_once_a_period() {
     let mut b = budget(1, Scope::Key, "ci", Metric::Usd, Period::Day, 10.0);
     b.soft = Some(1.0);
-    let book = BudgetBook::build(vec![b], None, |_, _| 0.0, NOW);
+    let book = BudgetBook::build(vec![b], None, |_, _| 0.0, &Default::default(), NOW);
     let key = key_named("ci", "", None);
-    let settle = |v: f64, now: i64| book.reserve(&key, usd(v), now).unwrap().settle(usd(v), now);
+    let settle = |v: f64, now: i64| {
+        book.reserve(&key, usd(v), now)
+            .unwrap()
+            .settle(usd(v), now)
+            .crossed
+    };
     assert!(settle(0.8, NOW).is_empty());
     assert_eq!(settle(0.8, NOW).len(), 1);
     assert!(settle(0.8, NOW).is_empty());
@@ -569,4 +579,70 @@ fn budgets_start_from_the_ledger_and_keep_their_totals_across_reloads() {
     held.settle(usd(0.2), keys::now_secs());
     assert_eq!(now_state.totals(keys::now_secs()).1, 0.0);
     assert!((now_state.totals(keys::now_secs()).0 - 1.2).abs() < 1e-9);
+}
+
+/// Two processes on one file (as during a `-u` upgrade): each counts the
+/// rows the other wrote, once the other's commit makes it reload, and what
+/// the other holds for its requests in flight.
+#[test]
+fn a_reload_counts_what_another_process_wrote_and_holds() {
+    let path = scratch("budgets-shared");
+    let mut conn = open(path.to_str().unwrap()).unwrap();
+    let (key, _) = keys::create(&conn, "ci", &KeySpec::default()).unwrap();
+    let spec = BudgetSpec {
+        scope: Scope::Key,
+        subject: "ci".into(),
+        metric: Metric::Usd,
+        period: Period::Total,
+        hard: 10.0,
+        soft: None,
+    };
+    let b = budgets::set(&conn, &spec).unwrap();
+    let first = load_book(&conn, None).unwrap();
+    let now = keys::now_secs();
+    let state = first.budgets().next().unwrap().clone();
+
+    // This process settles 2 USD; its row is not written yet.
+    let held = first.reserve(&key, usd(3.0), now).unwrap();
+    assert_eq!(first.holds(), vec![(b.id, 3.0)]);
+    let charged = held.settle(usd(2.0), now).charged;
+    assert_eq!(state.totals(now), (2.0, 0.0));
+    // The other process wrote a 1.5 USD row and holds 4 USD in flight.
+    let mut other = row("other", Some(key.id), "m", 10);
+    other.cost = 1.5;
+    usage::insert(&mut conn, &[other]).unwrap();
+    conn.execute(
+        "INSERT INTO holds (pid, budget_id, reserved, updated_ms) VALUES (?1, ?2, 4.0, ?3)",
+        rusqlite::params![i64::from(std::process::id()) + 1, b.id, now_ms()],
+    )
+    .unwrap();
+    // A stale hold (a process gone for a minute) is not counted.
+    conn.execute(
+        "INSERT INTO holds (pid, budget_id, reserved, updated_ms) VALUES (?1, ?2, 100.0, ?3)",
+        rusqlite::params![i64::from(std::process::id()) + 2, b.id, now_ms() - 60_000],
+    )
+    .unwrap();
+    let second = load_book(&conn, Some(&first)).unwrap();
+    let state = second.budgets().next().unwrap();
+    assert_eq!(state.totals(now), (3.5, 4.0), "ledger 1.5, unwritten 2");
+    let refused = second.reserve(&key, usd(2.6), now).unwrap_err();
+    assert_eq!((refused.spent, refused.reserved), (3.5, 4.0));
+
+    // Its row written: counted once, as the ledger's, before and after a reload.
+    let mut mine = row("mine", Some(key.id), "m", 10);
+    mine.cost = 2.0;
+    usage::insert(&mut conn, &[mine]).unwrap();
+    charged.written(now);
+    assert_eq!(state.totals(now), (3.5, 4.0));
+    let third = load_book(&conn, Some(&second)).unwrap();
+    assert_eq!(third.budgets().next().unwrap().totals(now), (3.5, 4.0));
+
+    // This process's own holds, as the store thread writes them.
+    super::holds::write(&mut conn, &[(b.id, 0.5)], now_ms()).unwrap();
+    let fourth = load_book(&conn, Some(&third)).unwrap();
+    assert_eq!(
+        fourth.budgets().next().unwrap().totals(now),
+        (3.5, 4.0),
+        "a process does not count its own holds twice"
+    );
 }

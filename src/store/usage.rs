@@ -152,3 +152,72 @@ pub fn summarize(conn: &Connection, by: GroupBy, f: &Filter) -> rusqlite::Result
     })?;
     rows.collect()
 }
+
+/// One ledger row as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LedgerEntry {
+    /// UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub at: String,
+    pub at_ms: i64,
+    pub request_id: String,
+    /// The key's name; empty for a request made without a key.
+    pub key: String,
+    pub user: String,
+    pub team: String,
+    pub session: String,
+    pub route: String,
+    pub provider: String,
+    pub model: String,
+    pub upstream_model: String,
+    pub input_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub output_tokens: u64,
+    pub cost: f64,
+    pub status: u16,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+    pub attempts: u32,
+    pub stream: bool,
+}
+
+/// The rows of one session (`X-Claude-Code-Session-Id`), oldest first, at
+/// most `limit` of them.
+pub fn session_rows(
+    conn: &Connection,
+    session: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<LedgerEntry>> {
+    let mut stmt = conn.prepare(
+        "SELECT u.at_ms, u.request_id, COALESCE(k.name, ''), u.user, u.team, u.session, u.route,
+                u.provider, u.model, u.upstream_model, u.input_tokens, u.cache_read_tokens,
+                u.output_tokens, u.cost, u.status, u.latency_ms, u.ttft_ms, u.attempts, u.stream
+         FROM usage u LEFT JOIN keys k ON k.id = u.key_id
+         WHERE u.session = ?1 ORDER BY u.at_ms, u.id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![session, limit as i64], |r| {
+        let at_ms: i64 = r.get(0)?;
+        Ok(LedgerEntry {
+            at: crate::util::date::format_utc(at_ms.div_euclid(1000)),
+            at_ms,
+            request_id: r.get(1)?,
+            key: r.get(2)?,
+            user: r.get(3)?,
+            team: r.get(4)?,
+            session: r.get(5)?,
+            route: r.get(6)?,
+            provider: r.get(7)?,
+            model: r.get(8)?,
+            upstream_model: r.get(9)?,
+            input_tokens: r.get::<_, i64>(10)? as u64,
+            cache_read_tokens: r.get::<_, i64>(11)? as u64,
+            output_tokens: r.get::<_, i64>(12)? as u64,
+            cost: r.get(13)?,
+            status: r.get(14)?,
+            latency_ms: r.get::<_, i64>(15)? as u64,
+            ttft_ms: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
+            attempts: r.get(17)?,
+            stream: r.get(18)?,
+        })
+    })?;
+    rows.collect()
+}

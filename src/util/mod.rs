@@ -5,6 +5,7 @@ pub mod date;
 pub mod ids;
 pub mod json_text;
 pub mod lines;
+pub mod query;
 pub mod redact;
 pub mod tls;
 

@@ -149,6 +149,39 @@ fn script(target: PathBuf, wire: Wire) -> impl Fn(&Recorded) -> Reply + Send + S
     }
 }
 
+/// Claude Code in print mode, told to write hello.txt in `work`, against
+/// `base` with `api_key` as its `ANTHROPIC_API_KEY` (bounded: 240 s).
+async fn run_claude(
+    base: &str,
+    api_key: &str,
+    work: &std::path::Path,
+    home: &std::path::Path,
+) -> std::process::Output {
+    let bin = claude_bin();
+    let (base, api_key) = (base.to_string(), api_key.to_string());
+    let (work, home) = (work.to_path_buf(), home.to_path_buf());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&bin)
+            .args(["-p", "Create a file named hello.txt in the current directory containing: hello from lynkr",
+                   "--dangerously-skip-permissions", "--output-format", "json"])
+            .current_dir(&work)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("ANTHROPIC_BASE_URL", &base)
+            .env("ANTHROPIC_API_KEY", &api_key)
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .env("IS_SANDBOX", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {bin:?} (install it with the README's test command): {e}"))
+    });
+    tokio::time::timeout(Duration::from_secs(240), out)
+        .await
+        .expect("claude finished in time")
+        .unwrap()
+}
+
 /// Run Claude Code in print mode through a gateway configured with
 /// `provider_yaml`, against a mock speaking `wire`; check the file it wrote,
 /// its final text, and that the tool result went back upstream.
@@ -157,33 +190,23 @@ async fn claude_code_writes_a_file(
     provider_yaml: impl Fn(std::net::SocketAddr) -> String,
 ) {
     let work = scratch_dir("cc-work");
-    let home = scratch_dir("cc-home");
     let target = work.join("hello.txt");
     let mock = MockUpstream::start(script(target.clone(), wire)).await;
     let gw = Gateway::start(&provider_yaml(mock.addr), &[MOCK_KEY]);
-    let bin = claude_bin();
-    let base = gw.base.clone();
-    let (work2, home2) = (work.clone(), home.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&bin)
-            .args(["-p", "Create a file named hello.txt in the current directory containing: hello from lynkr",
-                   "--dangerously-skip-permissions", "--output-format", "json"])
-            .current_dir(&work2)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", &home2)
-            .env("ANTHROPIC_BASE_URL", &base)
-            .env("ANTHROPIC_API_KEY", "sk-ant-test")
-            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-            .env("IS_SANDBOX", "1")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {bin:?} (install it with the README's test command): {e}"))
-    });
-    let out = tokio::time::timeout(Duration::from_secs(240), out)
-        .await
-        .expect("claude finished in time")
-        .unwrap();
+    writes_the_file(&gw, &mock, wire, "sk-ant-test", work).await;
+}
+
+/// Claude Code, with `api_key`, writes the file through `gw`.
+async fn writes_the_file(
+    gw: &Gateway,
+    mock: &MockUpstream,
+    wire: Wire,
+    api_key: &str,
+    work: PathBuf,
+) {
+    let home = scratch_dir("cc-home");
+    let target = work.join("hello.txt");
+    let out = run_claude(&gw.base, api_key, &work, &home).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let context = || {
@@ -246,4 +269,85 @@ async fn claude_code_writes_a_file_through_ollama() {
         format!("providers:\n  ollama: {{kind: ollama, base_url: 'http://{addr}', model: 'qwen3-coder:30b'}}\nmodels: {{default: ollama}}\n")
     })
     .await;
+}
+
+/// With `auth.mode: keys`, Claude Code works with a key made by `lynkr keys
+/// create` as its `ANTHROPIC_API_KEY` (sent as `x-api-key`), every request
+/// lands in the ledger under that key, and a wrong key gets nowhere.
+#[tokio::test]
+async fn claude_code_works_with_a_created_key_and_is_refused_with_a_wrong_one() {
+    let work = scratch_dir("cc-work");
+    let mock = MockUpstream::start(script(work.join("hello.txt"), Wire::Openai)).await;
+    let store = scratch_dir("cc-store");
+    let config = format!(
+        "{}store:\n  path: {}/lynkr.db\n  flush_ms: 50\nauth:\n  mode: keys\n  refresh_ms: 100\n",
+        openai_provider(mock.addr),
+        store.display()
+    );
+    let gw = Gateway::start(&config, &[MOCK_KEY]);
+    let out = std::process::Command::new(lynkr_bin())
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "claude",
+            "--user",
+            "dev@example.com",
+            "-c",
+        ])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // The running server takes the new key within auth.refresh_ms.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A wrong key: refused, and nothing reaches the provider.
+    let wrong_work = scratch_dir("cc-work-wrong");
+    let home = scratch_dir("cc-home");
+    let out = run_claude(&gw.base, "lk-wrong", &wrong_work, &home).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let refused = !out.status.success()
+        || serde_json::from_str::<Value>(stdout.trim().lines().last().unwrap_or(""))
+            .is_ok_and(|r| r["is_error"] == true);
+    assert!(
+        refused,
+        "claude succeeded with a wrong key: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("invalid API key") || stdout.contains("Invalid API key"),
+        "the refusal says why: {stdout}"
+    );
+    assert!(mock.requests().is_empty(), "nothing went upstream");
+    assert!(!wrong_work.join("hello.txt").exists());
+    assert!(gw.log_contains("\"status\":401"));
+
+    // The created key: the task completes, and the ledger holds it.
+    writes_the_file(&gw, &mock, Wire::Openai, &key, work).await;
+    let conn = rusqlite::Connection::open(store.join("lynkr.db")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let count = |conn: &rusqlite::Connection| -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM usage u JOIN keys k ON k.id = u.key_id
+             WHERE k.name = 'claude' AND u.user = 'dev@example.com' AND u.status = 200",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    while (count(&conn) as usize) < mock.requests().len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        count(&conn) as usize,
+        mock.requests().len(),
+        "one ledger row under the key for each request that went upstream"
+    );
+    let _ = std::fs::remove_dir_all(&home);
 }

@@ -595,3 +595,727 @@ async fn five_hundred_concurrent_requests_spend_at_most_the_budget_and_exactly_n
     );
     drop(mock);
 }
+
+#[tokio::test]
+async fn a_keys_tokens_per_minute_count_the_estimate_then_the_answer() {
+    let (_mock, gw, _) = keyed_gateway("keys").await;
+    let config = gw.config_path();
+    let body = simple_request(false);
+    // The estimate Lynkr takes at admission: count_tokens uses the same one.
+    let probe = create_key(&config, "probe", &[]);
+    let estimate = eventually_ok_estimate(&gw, &probe, &body).await;
+    let (status, answer, _) = send(&gw, &[("x-api-key", probe.as_str())], &body).await;
+    assert_eq!(status, 200);
+    let u = &answer["usage"];
+    let reported = u["input_tokens"].as_u64().unwrap()
+        + u["cache_read_input_tokens"].as_u64().unwrap_or(0)
+        + u["output_tokens"].as_u64().unwrap();
+    let per_request = reported.max(estimate);
+    // Room for two requests and not a third's estimate.
+    let tpm = 2 * per_request + estimate - 1;
+    let key = create_key(&config, "tokens", &["--tpm", &tpm.to_string()]);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            send(&gw, &[("x-api-key", key.as_str())], &body).await.0 == 200
+        })
+        .await
+    );
+    assert_eq!(
+        send(&gw, &[("x-api-key", key.as_str())], &body).await.0,
+        200
+    );
+    let (status, answer, headers) = send(&gw, &[("x-api-key", key.as_str())], &body).await;
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(
+        answer,
+        error_body(
+            "rate_limit_error",
+            &format!("rate limit: more than {tpm} tokens per minute for this key")
+        )
+    );
+    assert_eq!(headers["retry-after"], "60");
+    // A request that no wait would let through: 413, not to be retried.
+    let small = create_key(&config, "small", &["--tpm", &(estimate - 1).to_string()]);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            send(&gw, &[("x-api-key", small.as_str())], &body).await.0 == 413
+        })
+        .await
+    );
+    let (_, answer, headers) = send(&gw, &[("x-api-key", small.as_str())], &body).await;
+    assert_eq!(
+        answer,
+        error_body(
+            "request_too_large",
+            &format!(
+                "this request's estimated {estimate} input tokens exceed the {} tokens per minute its key may use",
+                estimate - 1
+            )
+        )
+    );
+    assert_eq!(headers["x-should-retry"], "false");
+    let metrics = get_text(&gw.url("/metrics/prometheus")).await;
+    assert!(
+        // One 429 and two 413s.
+        metrics.contains("http_requests_rejected_total{reason=\"rate_limit_tokens\"} 3"),
+        "{metrics}"
+    );
+}
+
+/// The input estimate of `body`, once the server knows `key`.
+async fn eventually_ok_estimate(gw: &Gateway, key: &str, body: &Value) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let res = client()
+            .post(gw.url("/v1/messages/count_tokens"))
+            .header("x-api-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            let v: Value = res.json().await.unwrap();
+            return v["input_tokens"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the key never took effect");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// ---- the admin API -----------------------------------------------------------
+
+const ADMIN_KEY: &str = "admin-test-key-5f1c2a9e0b7d4c3a";
+
+/// A keyed gateway with an admin listener and `LYNKR_ADMIN_KEY`; the
+/// admin listener's base URL.
+async fn admin_gateway(
+    admin_key: Option<&str>,
+) -> (MockUpstream, Gateway, String, std::path::PathBuf) {
+    let mock = MockUpstream::start(|_| ok_json()).await;
+    let dir = scratch_dir("admin");
+    let admin_port = free_port();
+    let server = format!(
+        "  admin_listen: \"127.0.0.1:{admin_port}\"\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n"
+    );
+    let config = format!(
+        "{}{}",
+        openai_provider(mock.addr),
+        store_yaml(&dir, "keys", 50)
+    );
+    let mut env = vec![MOCK_KEY];
+    if let Some(k) = admin_key {
+        env.push(("LYNKR_ADMIN_KEY", k));
+    }
+    let gw = Gateway::start_with_server(&server, &config, &env);
+    let base = format!("http://127.0.0.1:{admin_port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_err() {
+        assert!(Instant::now() < deadline, "no admin listener");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    (mock, gw, base, dir.join("lynkr.db"))
+}
+
+/// One admin call: (status, JSON answer).
+async fn admin(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = client().request(method, format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn the_admin_api_makes_uses_changes_and_revokes_keys_and_reports_spend() {
+    let (_mock, gw, base, _) = admin_gateway(Some(ADMIN_KEY)).await;
+    let token = Some(ADMIN_KEY);
+
+    // Attacks: no token, a wrong one, a near miss, the API key scheme, and
+    // the public listener (which never serves /admin, token or not).
+    let needs = error_body(
+        "authentication_error",
+        "the admin API needs Authorization: Bearer $LYNKR_ADMIN_KEY",
+    );
+    let near_miss = &ADMIN_KEY[..ADMIN_KEY.len() - 1];
+    for bad in [None, Some("wrong"), Some(near_miss), Some("")] {
+        assert_eq!(
+            admin(&base, "GET", "/admin/keys", bad, None).await,
+            (401, needs.clone()),
+            "{bad:?}"
+        );
+    }
+    let res = client()
+        .get(format!("{base}/admin/keys"))
+        .header("x-api-key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "only the Bearer header carries it");
+    let (status, _) = admin(&gw.base, "GET", "/admin/keys", token, None).await;
+    assert_eq!(status, 404, "never on the public listener");
+
+    // Make a key with a budget of three requests a day.
+    let (status, made) = admin(
+        &base,
+        "POST",
+        "/admin/keys",
+        token,
+        Some(
+            json!({"name": "ana", "user": "ana@example.com", "team": "ml",
+                    "models": ["claude-sonnet-*"], "rpm": 100,
+                    "budgets": [{"metric": "requests", "limit": 3, "period": "day"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let key = made["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("lk-") && key.len() == 46, "{made}");
+    assert_eq!(made["api_key"]["name"], "ana");
+    assert_eq!(made["api_key"]["team"], "ml");
+    assert_eq!(made["api_key"]["rpm"], 100);
+    assert_eq!(made["budgets"][0]["metric"], "requests");
+    assert_eq!(made["budgets"][0]["limit"], 3.0);
+    let budget_id = made["budgets"][0]["id"].as_i64().unwrap();
+
+    // What is wrong is said, and nothing is made.
+    for (body, status, needle) in [
+        (json!({"name": "ana"}), 409, "already exists"),
+        (json!({"name": "a b"}), 400, "key name"),
+        (
+            json!({"name": "x", "colour": 1}),
+            400,
+            "unknown field `colour`",
+        ),
+        (json!({"name": "x", "rpm": -1}), 400, "invalid value"),
+        (
+            json!({"name": "x", "expires_at": "tomorrow"}),
+            400,
+            "expires_at",
+        ),
+        (
+            json!({"name": "x", "budgets": [{"metric": "requests", "limit": 1.5}]}),
+            400,
+            "whole numbers",
+        ),
+        (
+            json!({"name": "x", "budgets": [{"metric": "euros", "limit": 1}]}),
+            400,
+            "euros",
+        ),
+    ] {
+        let (got, answer) = admin(&base, "POST", "/admin/keys", token, Some(body.clone())).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert_eq!(answer["type"], "error");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    let (_, listed) = admin(&base, "GET", "/admin/keys", token, None).await;
+    let names: Vec<_> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("ana")], "a refused create makes nothing");
+    assert!(
+        !listed.to_string().contains(&key),
+        "the list never shows a key"
+    );
+
+    // The key works at once (an admin change reloads the table), three
+    // times; the fourth is over the budget.
+    let auth = [
+        ("x-api-key", key.as_str()),
+        ("x-claude-code-session-id", "sess-admin"),
+    ];
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let (status, answer, _) = send(&gw, &auth, &simple_request(false)).await;
+        assert_eq!(status, 200, "{answer}");
+        answers.push(answer);
+    }
+    let (status, answer, _) = send(&gw, &auth, &simple_request(false)).await;
+    assert_eq!(status, 402, "{answer}");
+
+    // Spend, usage and the session, from the ledger (an admin call writes
+    // the rows waiting for their batch first).
+    let (status, listed) = admin(&base, "GET", "/admin/budgets", token, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["budgets"][0]["spent"], 3.0, "{listed}");
+    assert_eq!(listed["budgets"][0]["reserved"], 0.0);
+    let (_, one) = admin(&base, "GET", "/admin/keys/ana", token, None).await;
+    assert_eq!(one["budgets"][0]["spent"], 3.0, "{one}");
+    let (status, usage) = admin(&base, "GET", "/admin/usage?by=key&key=ana", token, None).await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["by"], "key");
+    assert_eq!(usage["groups"][0]["group"], "ana");
+    assert_eq!(usage["groups"][0]["requests"], 4);
+    assert_eq!(usage["groups"][0]["errors"], 1);
+    let (status, _) = admin(&base, "GET", "/admin/usage?by=colour", token, None).await;
+    assert_eq!(status, 400);
+    let (status, session) = admin(&base, "GET", "/admin/sessions/sess-admin", token, None).await;
+    assert_eq!(status, 200, "{session}");
+    let reported = |field: &str| -> u64 {
+        answers
+            .iter()
+            .map(|a| a["usage"][field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let totals = &session["totals"];
+    assert_eq!(totals["requests"], 4);
+    assert_eq!(totals["errors"], 1);
+    assert_eq!(
+        totals["input_tokens"].as_u64().unwrap(),
+        reported("input_tokens") + reported("cache_read_input_tokens")
+    );
+    assert_eq!(
+        totals["output_tokens"].as_u64().unwrap(),
+        reported("output_tokens")
+    );
+    let rows = session["requests"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[3]["status"], 402);
+    assert_eq!(rows[0]["key"], "ana");
+    assert_eq!(rows[0]["team"], "ml");
+    assert_eq!(rows[0]["upstream_model"], "gpt-mock");
+    let (status, _) = admin(&base, "GET", "/admin/sessions/nobody", token, None).await;
+    assert_eq!(status, 404);
+
+    // Raise the budget; change the key; then revoke it.
+    let (status, raised) = admin(
+        &base,
+        "POST",
+        "/admin/budgets",
+        token,
+        Some(
+            json!({"scope": "key", "subject": "ana", "metric": "requests",
+                    "limit": 4, "period": "day"}),
+        ),
+    )
+    .await;
+    assert_eq!((status, raised["id"].as_i64()), (200, Some(budget_id)));
+    assert_eq!(send(&gw, &auth, &simple_request(false)).await.0, 200);
+    let mut haiku = simple_request(false);
+    haiku["model"] = json!("claude-haiku-4-5");
+    assert_eq!(send(&gw, &auth, &haiku).await.0, 403);
+    let (status, changed) = admin(
+        &base,
+        "PATCH",
+        "/admin/keys/ana",
+        token,
+        Some(json!({"models": ["claude-*"], "tpm": 100000})),
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["models"], json!(["claude-*"]));
+    assert_eq!(changed["tpm"], 100000);
+    assert_eq!(changed["rpm"], 100, "what the body does not name stays");
+    let (status, _) = admin(
+        &base,
+        "DELETE",
+        &format!("/admin/budgets/{budget_id}"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = admin(
+        &base,
+        "DELETE",
+        &format!("/admin/budgets/{budget_id}"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(send(&gw, &auth, &haiku).await.0, 200);
+    let (status, _) = admin(&base, "PATCH", "/admin/keys/nobody", token, Some(json!({}))).await;
+    assert_eq!(status, 404);
+    let (status, revoked) = admin(&base, "DELETE", "/admin/keys/ana", token, None).await;
+    assert_eq!(status, 200, "{revoked}");
+    let (status, answer, _) = send(&gw, &auth, &simple_request(false)).await;
+    assert_eq!(
+        (status, answer),
+        (
+            401,
+            error_body("authentication_error", "this API key has been revoked")
+        ),
+        "revoked at once"
+    );
+    // Expired, made through the API.
+    let (_, old) = admin(
+        &base,
+        "POST",
+        "/admin/keys",
+        token,
+        Some(json!({"name": "old", "expires_at": "2020-01-01T00:00:00Z"})),
+    )
+    .await;
+    let old = old["key"].as_str().unwrap();
+    let (status, answer, _) = send(&gw, &[("x-api-key", old)], &simple_request(false)).await;
+    assert_eq!(
+        (status, answer),
+        (
+            401,
+            error_body("authentication_error", "this API key has expired")
+        )
+    );
+    let (status, _) = admin(&base, "GET", "/admin/nothing", token, None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn the_admin_api_is_off_without_a_key_and_refuses_a_short_one() {
+    let (_mock, _gw, base, _) = admin_gateway(None).await;
+    assert_eq!(
+        admin(
+            &base,
+            "GET",
+            "/admin/keys",
+            Some("anything-at-all-long"),
+            None
+        )
+        .await,
+        (
+            403,
+            error_body(
+                "permission_error",
+                "the admin API is off: set LYNKR_ADMIN_KEY and restart"
+            )
+        )
+    );
+    // Too short to be safe: startup stops with the reason.
+    let dir = scratch_dir("admin-short");
+    let config = dir.join("lynkr.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{listen: [\"127.0.0.1:{}\"]}}\n\
+             providers: {{m: {{base_url: \"http://127.0.0.1:9/v1\", model: x}}}}\n\
+             models: {{default: m}}\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(lynkr_bin())
+        .arg("-c")
+        .arg(&config)
+        .env("LYNKR_ADMIN_KEY", "short")
+        .output()
+        .expect("run lynkr");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("LYNKR_ADMIN_KEY must be at least 16 characters"),
+        "{stderr}"
+    );
+}
+
+// ---- restart and upgrade -----------------------------------------------------
+
+/// Four clients, each sending a request every 100 ms until `stop` (and at
+/// most 600 each): every status they got.
+fn budgeted_load(
+    base: &str,
+    key: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<u16>>> {
+    (0..4)
+        .map(|_| {
+            let (base, key, stop) = (base.to_string(), key.to_string(), stop.clone());
+            tokio::spawn(async move {
+                let c = client();
+                let mut statuses = Vec::new();
+                for _ in 0..600 {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let r = c
+                        .post(format!("{base}/v1/messages"))
+                        .header("x-api-key", &key)
+                        .json(&simple_request(false))
+                        .send()
+                        .await;
+                    statuses.push(match r {
+                        Ok(r) => {
+                            let s = r.status().as_u16();
+                            let _ = r.bytes().await;
+                            s
+                        }
+                        Err(_) => 0,
+                    });
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                statuses
+            })
+        })
+        .collect()
+}
+
+/// Requests a budget allows across a `-u` upgrade (both processes serve
+/// for a while, sharing the file) and then a restart: exactly the budget
+/// is admitted, every request ends in 200 or 402, and each has its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_holds_across_an_upgrade_under_load_and_a_restart() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const BUDGET: usize = 400;
+    let mock = MockUpstream::start(|_| Reply::Delayed {
+        delay: Duration::from_millis(30),
+        reply: Box::new(ok_json()),
+    })
+    .await;
+    let dir = scratch_dir("budget-upgrade");
+    let server = "  grace_period_seconds: 5\n  graceful_shutdown_timeout_seconds: 2\n";
+    let config = format!(
+        "{}{}",
+        openai_provider(mock.addr),
+        store_yaml(&dir, "keys", 50)
+    );
+    let mut old = Gateway::start_with_server(server, &config, &[MOCK_KEY]);
+    let key = create_key(
+        &old.config_path(),
+        "ci",
+        &["--budget-requests", &BUDGET.to_string(), "--period", "day"],
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            let res = client()
+                .post(old.url("/v1/messages/count_tokens"))
+                .header("x-api-key", &key)
+                .json(&simple_request(false))
+                .send()
+                .await
+                .unwrap();
+            res.status() == 200
+        })
+        .await
+    );
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = budgeted_load(&old.base, &key, stop.clone());
+    // The new process starts (and reads the budget) a second before the
+    // handoff: what the old one admits meanwhile is counted by the new one
+    // from the ledger and the old one's holds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let new = old.start_upgrade(&[MOCK_KEY]);
+    assert!(new.log_contains("Bootstrap starting"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    old.signal("-QUIT");
+    // Until the budget refuses for a while (bounded: 60 s).
+    let db = dir.join("lynkr.db");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let refused = ledger(&db).iter().filter(|r| r["status"] == 402).count();
+        if refused >= 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut statuses = Vec::new();
+    for l in load {
+        statuses.extend(l.await.unwrap());
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 402).count();
+    let others: Vec<_> = statuses
+        .iter()
+        .filter(|s| !matches!(**s, 200 | 402))
+        .collect();
+    assert!(others.is_empty(), "only 200 and 402: {others:?}");
+    assert_eq!(
+        ok,
+        BUDGET,
+        "exactly the budget is admitted across the upgrade ({refused} refused)\nold:\n{}\nnew:\n{}",
+        old.log(),
+        new.log()
+    );
+    assert!(
+        old.wait_exit(Duration::from_secs(20))
+            .is_some_and(|s| s.success()),
+        "the old process exits cleanly"
+    );
+    assert!(old.log().contains("store: every usage row written"));
+    // Every request has its row: both processes wrote to the one file.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            ledger(&db).len() == statuses.len()
+        })
+        .await,
+        "rows {} for {} requests",
+        ledger(&db).len(),
+        statuses.len()
+    );
+    let rows = ledger(&db);
+    assert_eq!(rows.iter().filter(|r| r["status"] == 200).count(), BUDGET);
+
+    // A restart starts from the ledger: still exhausted.
+    let mut new = new;
+    new.signal("-TERM");
+    assert!(new.wait_exit(Duration::from_secs(20)).is_some());
+    let again = Gateway::start_with_server(server, &config, &[MOCK_KEY]);
+    let (status, answer, _) = send(
+        &again,
+        &[("x-api-key", key.as_str())],
+        &simple_request(false),
+    )
+    .await;
+    assert_eq!(status, 402, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "allows {BUDGET} requests, {BUDGET} requests spent"
+        )),
+        "{message}"
+    );
+    let (_, listed, _) = lynkr(&again.config_path(), &["budgets", "list", "--json"]);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["spent"], BUDGET as f64);
+}
+
+// ---- a full disk ---------------------------------------------------------------
+
+/// A small tmpfs (CI runs as root), unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = scratch_dir("tmpfs");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs and needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir)
+    }
+
+    /// Write zeros until the disk refuses more.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        for _ in 0..1_000_000 {
+            if f.write_all(&block).and_then(|()| f.sync_all()).is_err() {
+                return;
+            }
+        }
+        panic!("the tmpfs never filled");
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Send requests (at most 300, 25 ms apart) until one answers `wanted`;
+/// every status seen, that one last.
+async fn until_status(gw: &Gateway, wanted: u16) -> Vec<u16> {
+    let mut seen = Vec::new();
+    for _ in 0..300 {
+        let (status, _, _) = send(gw, &[], &simple_request(false)).await;
+        seen.push(status);
+        if status == wanted {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never {wanted}: {seen:?}\n{}", gw.log());
+}
+
+/// With the disk full, requests are refused with a clear 503 (or, with
+/// `store.fail_open`, served and their rows kept); once there is room,
+/// every served request's row is written: none is silently unbilled.
+#[tokio::test]
+async fn a_full_disk_refuses_requests_or_serves_them_with_fail_open_and_loses_no_row() {
+    let disk = SmallDisk::mount("2m");
+    let mock = MockUpstream::start(|_| ok_json()).await;
+    let db = disk.0.join("lynkr.db");
+    for fail_open in [false, true] {
+        let config = format!(
+            "{}store:\n  path: {}\n  flush_ms: 50\n  fail_open: {fail_open}\n",
+            openai_provider(mock.addr),
+            db.display()
+        );
+        let gw = Gateway::start(&config, &[MOCK_KEY]);
+        let before = ledger(&db).len();
+        for _ in 0..3 {
+            assert_eq!(send(&gw, &[], &simple_request(false)).await.0, 200);
+        }
+        disk.fill();
+        let served_while_full;
+        if fail_open {
+            // Served all along; the store reports it is failing.
+            let mut served = 0;
+            for _ in 0..40 {
+                assert_eq!(send(&gw, &[], &simple_request(false)).await.0, 200);
+                served += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            let ready = get_json(&gw.url("/health/ready")).await;
+            let store = &ready["checks"]["store"];
+            assert_eq!(ready["status"], "ok", "{ready}");
+            assert!(
+                store["error"].as_str().unwrap_or("").contains("full"),
+                "{ready}"
+            );
+            assert!(store["buffered_rows"].as_u64().unwrap() > 0, "{ready}");
+            served_while_full = served;
+        } else {
+            let seen = until_status(&gw, 503).await;
+            served_while_full = seen.iter().filter(|s| **s == 200).count();
+            assert!(seen[..seen.len() - 1].iter().all(|s| *s == 200), "{seen:?}");
+            let (status, answer, headers) = send(&gw, &[], &simple_request(false)).await;
+            assert_eq!(status, 503);
+            assert_eq!(
+                answer,
+                error_body(
+                    "api_error",
+                    "usage cannot be recorded (cannot write usage rows: database or disk is full); \
+                     requests are refused until it can"
+                )
+            );
+            assert_eq!(headers["retry-after"], "5");
+            let ready = client().get(gw.url("/health/ready")).send().await.unwrap();
+            assert_eq!(ready.status(), 503);
+        }
+        disk.free();
+        let seen = until_status(&gw, 200).await;
+        let served_after = seen.iter().filter(|s| **s == 200).count();
+        let expected = before + 3 + served_while_full + served_after;
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                ledger(&db).len() == expected
+            })
+            .await,
+            "fail_open {fail_open}: {} rows for {expected} served requests",
+            ledger(&db).len()
+        );
+        assert!(gw.log_contains("store: usage rows are written again"));
+    }
+}
