@@ -15,10 +15,15 @@
 # request costs, whatever its body) and 22k-pass (the 22.5 KB body to an
 # Anthropic passthrough provider: patched in place, not translated).
 #
+# Then what keys cost (22k-keys): the 22.5 KB JSON body through Lynkr with
+# auth.mode off and through a second Lynkr with auth.mode keys (1,000 keys
+# in its store, the benchmark's key with three budgets, the ledger written),
+# in alternating runs.
+#
 #   scripts/loadbench.sh                  # 8 s per run, about 4 minutes
 #   DURATION=15 scripts/loadbench.sh
 #   LYNKR_BIN=/path/to/other/lynkr scripts/loadbench.sh   # A/B another build
-#   ONLY=22k-json scripts/loadbench.sh    # one row: (22k|76k)-(json|stream), tiny-json, 22k-pass
+#   ONLY=22k-json scripts/loadbench.sh    # one row: (22k|76k)-(json|stream), tiny-json, 22k-pass, 22k-keys
 #   PERF=1 ONLY=22k-json scripts/loadbench.sh
 #       also `perf record -g` Lynkr during its concurrency-32 run and print the
 #       top symbols (build it with `cargo build --profile profiling` and pass
@@ -31,6 +36,7 @@ DURATION=${DURATION:-8}
 MOCK_PORT=${MOCK_PORT:-19100}
 GW_PORT=${GW_PORT:-19101}
 NGINX_PORT=${NGINX_PORT:-19102}
+KEYS_PORT=${KEYS_PORT:-19103}
 LYNKR_BIN=${LYNKR_BIN:-target/release/lynkr}
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
@@ -44,6 +50,7 @@ work=$(mktemp -d)
 cleanup() {
   kill "${mock_pid:-}" 2>/dev/null || true
   kill -INT "${gw_pid:-}" 2>/dev/null || true   # SIGINT: Pingora's fast shutdown
+  kill -INT "${keys_pid:-}" 2>/dev/null || true
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -209,6 +216,40 @@ for name in 22k-json 22k-stream 76k-json 76k-stream tiny-json 22k-pass; do
   done
 done
 echo
+
+# What keys cost: the same gateway with auth.mode keys, against auth off.
+if [ -z "${ONLY:-}" ] || [ "$ONLY" = 22k-keys ]; then
+  sed -e "s/127.0.0.1:$GW_PORT/127.0.0.1:$KEYS_PORT/" -e "s|$work/pid|$work/keys.pid|" \
+    -e "s|$work/sock|$work/keys.sock|" "$work/lynkr.yaml" >"$work/keys.yaml"
+  printf 'store: {path: %s/keys.db}\nauth: {mode: keys}\n' "$work" >>"$work/keys.yaml"
+  for i in $(seq 999); do
+    "$LYNKR_BIN" keys create -c "$work/keys.yaml" --name "other-$i" --user "u$i" >/dev/null 2>&1
+  done
+  key=$("$LYNKR_BIN" keys create -c "$work/keys.yaml" --name bench --user bench --team bench \
+    --budget-usd 1000000000 2>/dev/null)
+  "$LYNKR_BIN" budgets set -c "$work/keys.yaml" --user bench --tokens 1000000000000 2>/dev/null
+  "$LYNKR_BIN" budgets set -c "$work/keys.yaml" --team bench --requests 1000000000 2>/dev/null
+  LYNKR_LOG_FORMAT=json "$LYNKR_BIN" -c "$work/keys.yaml" 2>"$work/keys.log" &
+  keys_pid=$!
+  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$KEYS_PORT) 2>/dev/null && break; sleep 0.1; done
+  sed "s/^wrk.body = /wrk.headers[\"x-api-key\"] = \"$key\"\nwrk.body = /" \
+    "$work/22k-json.lua" >"$work/22k-keys.lua"
+  wrk -t1 -c32 -d2s -s "$work/22k-keys.lua" "http://127.0.0.1:$KEYS_PORT/v1/messages" >/dev/null
+  printf '| body | c | auth off req/s | auth keys req/s | keys/off | off CPU/req | keys CPU/req |\n'
+  printf '| --- | --- | --- | --- | --- | --- | --- |\n'
+  for round in 1 2; do
+    for c in 1 32; do
+      run "keys-off-$c-$round" "$c" "http://127.0.0.1:$GW_PORT/v1/messages" "$work/22k-json.lua" "$gw_pid"
+      o_rps=$rps o_cpu=$cpu_us
+      run "keys-on-$c-$round" "$c" "http://127.0.0.1:$KEYS_PORT/v1/messages" "$work/22k-keys.lua" "$keys_pid"
+      printf '| 22k-keys (round %s) | %s | %s | %s | %.2f | %s µs | %s µs |\n' "$round" "$c" "$o_rps" "$rps" \
+        "$(awk -v k="$rps" -v o="$o_rps" 'BEGIN {print k / o}')" "$o_cpu" "$cpu_us"
+    done
+  done
+  rows=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from usage').fetchone()[0])" "$work/keys.db")
+  echo "ledger rows written by the keys gateway: $rows"
+  echo
+fi
 if [ -n "${PERF:-}" ]; then
   for f in target/perf-*.txt; do echo "== $f (Lynkr, concurrency 32, self time)"; head -30 "$f"; done
 fi
