@@ -24,6 +24,7 @@
 #   DURATION=15 scripts/loadbench.sh
 #   LYNKR_BIN=/path/to/other/lynkr scripts/loadbench.sh   # A/B another build
 #   ONLY=22k-json scripts/loadbench.sh    # one row: (22k|76k)-(json|stream), tiny-json, 22k-pass, 22k-keys
+#   ONLY=22k-keys KEYS_ROUNDS=5 scripts/loadbench.sh   # keys against off, 5 alternating rounds
 #   PERF=1 ONLY=22k-json scripts/loadbench.sh
 #       also `perf record -g` Lynkr during its concurrency-32 run and print the
 #       top symbols (build it with `cargo build --profile profiling` and pass
@@ -237,15 +238,20 @@ if [ -z "${ONLY:-}" ] || [ "$ONLY" = 22k-keys ]; then
   wrk -t1 -c32 -d2s -s "$work/22k-keys.lua" "http://127.0.0.1:$KEYS_PORT/v1/messages" >/dev/null
   printf '| body | c | auth off req/s | auth keys req/s | keys/off | off CPU/req | keys CPU/req |\n'
   printf '| --- | --- | --- | --- | --- | --- | --- |\n'
-  for round in 1 2; do
+  ratios_1="" ratios_32=""
+  for round in $(seq "${KEYS_ROUNDS:-2}"); do
     for c in 1 32; do
       run "keys-off-$c-$round" "$c" "http://127.0.0.1:$GW_PORT/v1/messages" "$work/22k-json.lua" "$gw_pid"
       o_rps=$rps o_cpu=$cpu_us
       run "keys-on-$c-$round" "$c" "http://127.0.0.1:$KEYS_PORT/v1/messages" "$work/22k-keys.lua" "$keys_pid"
-      printf '| 22k-keys (round %s) | %s | %s | %s | %.2f | %s µs | %s µs |\n' "$round" "$c" "$o_rps" "$rps" \
-        "$(awk -v k="$rps" -v o="$o_rps" 'BEGIN {print k / o}')" "$o_cpu" "$cpu_us"
+      ratio=$(awk -v k="$rps" -v o="$o_rps" 'BEGIN {printf "%.2f", k / o}')
+      printf '| 22k-keys (round %s) | %s | %s | %s | %s | %s µs | %s µs |\n' "$round" "$c" "$o_rps" "$rps" \
+        "$ratio" "$o_cpu" "$cpu_us"
+      if [ "$c" = 1 ]; then ratios_1="$ratios_1 $ratio"; else ratios_32="$ratios_32 $ratio"; fi
     done
   done
+  median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+  echo "keys/off, median over the rounds: c=1 $(echo "$ratios_1" | median), c=32 $(echo "$ratios_32" | median)"
   rows=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from usage').fetchone()[0])" "$work/keys.db")
   echo "ledger rows written by the keys gateway: $rows"
   echo

@@ -1,8 +1,9 @@
 //! The store: API keys and the usage ledger in one SQLite file.
 //!
 //! No request waits on disk. The connection belongs to one thread
-//! (`lynkr-store`); requests hand it usage rows over a channel and it
-//! writes them in batches, one transaction every `store.flush_ms`. Keys
+//! (`lynkr-store`); requests leave their usage rows in a shared buffer
+//! (no wake-up, no system call per request) and the thread writes them in
+//! batches, one transaction every `store.flush_ms`. Keys
 //! are read from an in-memory table that the thread reloads when the file
 //! changes (`PRAGMA data_version`: another process, such as `lynkr keys`,
 //! committed) and after its own changes.
@@ -68,8 +69,6 @@ pub fn open(path: &str) -> Result<Connection, String> {
 }
 
 enum Command {
-    /// A finished request's row, and what it charged its budgets.
-    Usage(Box<(UsageRow, Charged)>),
     /// Work on the connection (admin changes, health pings). It returns
     /// how to deliver its answer, which happens after the key table is
     /// reloaded (if it changed any row): a caller told "revoked" can rely on it.
@@ -86,6 +85,11 @@ struct Shared {
     writable: AtomicBool,
     /// Rows handed over and not yet committed.
     buffered: AtomicU64,
+    /// Finished requests' rows, with what each charged its budgets, not
+    /// yet taken by the store thread.
+    incoming: Mutex<Vec<(UsageRow, Charged)>>,
+    /// The store thread runs (false once it has ended, even by a panic).
+    alive: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
 
@@ -118,6 +122,8 @@ impl Store {
             budgets: RwLock::new(Arc::new(book)),
             writable: AtomicBool::new(true),
             buffered: AtomicU64::new(0),
+            incoming: Mutex::new(Vec::new()),
+            alive: AtomicBool::new(true),
             last_error: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel();
@@ -161,8 +167,12 @@ impl Store {
     /// charged its budgets (counted as unwritten until the row is written).
     pub fn record(&self, row: UsageRow, charged: Charged) {
         self.shared.buffered.fetch_add(1, Ordering::AcqRel);
-        let sent = self.tx.send(Command::Usage(Box::new((row, charged))));
-        if sent.is_err() {
+        self.shared
+            .incoming
+            .lock()
+            .expect("usage buffer lock")
+            .push((row, charged));
+        if !self.shared.alive.load(Ordering::Acquire) {
             self.shared.writable.store(false, Ordering::Release);
             set_error(&self.shared, "the store thread has stopped".into());
         }
@@ -301,8 +311,18 @@ struct Writer {
     retention_days: u64,
 }
 
+/// Marks the store thread ended when it ends, however it ends.
+struct Alive(Arc<Shared>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Release);
+    }
+}
+
 impl Writer {
     fn run(mut self, mut seen_version: i64) {
+        let _alive = Alive(self.shared.clone());
         let now = Instant::now();
         let (mut next_flush, mut next_refresh, mut next_expire) =
             (now + self.flush, now + self.refresh, now);
@@ -312,12 +332,6 @@ impl Writer {
                 .rx
                 .recv_timeout(wake.saturating_duration_since(Instant::now()))
             {
-                Ok(Command::Usage(entry)) => {
-                    let (row, charged) = *entry;
-                    self.pending_charges
-                        .push((row.at_ms.div_euclid(1000), charged));
-                    self.pending.push(row);
-                }
                 Ok(Command::Call(job)) => {
                     self.write_pending();
                     self.write_holds();
@@ -384,7 +398,19 @@ impl Writer {
         }
     }
 
+    /// Move the rows requests left since the last batch into `pending`.
+    fn take_incoming(&mut self) {
+        let incoming =
+            std::mem::take(&mut *self.shared.incoming.lock().expect("usage buffer lock"));
+        for (row, charged) in incoming {
+            self.pending_charges
+                .push((row.at_ms.div_euclid(1000), charged));
+            self.pending.push(row);
+        }
+    }
+
     fn write_pending(&mut self) {
+        self.take_incoming();
         if self.pending.is_empty() {
             return;
         }
