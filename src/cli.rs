@@ -23,6 +23,8 @@ Commands:
   budgets        Set, list and delete budgets of keys, users and teams
                  (`lynkr budgets help`)
   usage          Sum the usage ledger by day, model, session, key or user
+  sandbox        Run a command in the namespace sandbox, as the gateway
+                 would (`lynkr sandbox help`)
   help           This text
 
 Without -c, the embedded default configuration is used; LYNKR_* environment
@@ -72,6 +74,19 @@ Usage: lynkr usage [-c FILE] [--key N] [--since YYYY-MM-DD] [--by day|model|sess
 
 Sums of the usage ledger: requests, input and output tokens, cost (USD),
 errors, one line per group (default --by day).
+";
+
+pub const SANDBOX_HELP: &str = "\
+Usage: lynkr sandbox run [-c FILE] [--workspace DIR] [--timeout SECS] -- CMD [ARGS...]
+
+Runs CMD in new user, mount, PID, network, IPC and UTS namespaces, with the
+limits of the configuration's `sandbox` settings, as the gateway runs the
+commands of a model: a read-only root, its own /tmp and /proc, no network
+but its own loopback, DIR (default: a new workspace under
+sandbox.workspace_root) at /workspace. One CMD argument is a shell line
+(`sh -c`); several are quoted and joined. Prints the command's stdout and
+stderr and exits with its status: 124 when --timeout (default
+sandbox.timeout_ms) ends it, 125 when no sandbox could be made.
 ";
 
 /// Options after a subcommand: `--name value` pairs and positional words.
@@ -144,6 +159,88 @@ pub fn keys(args: &[String]) -> i32 {
 /// `lynkr budgets ...`: exit status.
 pub fn budgets(args: &[String]) -> i32 {
     report(run_budgets(args))
+}
+
+/// `lynkr sandbox ...`: exit status.
+pub fn sandbox(args: &[String]) -> i32 {
+    match run_sandbox(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lynkr: {e}");
+            125
+        }
+    }
+}
+
+fn run_sandbox(args: &[String]) -> Result<i32, String> {
+    match args.first().map(String::as_str) {
+        Some("run") => {}
+        Some("help" | "--help" | "-h") => {
+            print!("{SANDBOX_HELP}");
+            return Ok(0);
+        }
+        _ => {
+            eprint!("{SANDBOX_HELP}");
+            return Err("sandbox: which command? (run)".into());
+        }
+    }
+    let rest = &args[1..];
+    let split = rest
+        .iter()
+        .position(|a| a == "--")
+        .ok_or("sandbox run: put the command after --")?;
+    let (options, command) = (&rest[..split], &rest[split + 1..]);
+    let a = Args::parse(options)?;
+    a.only(&["-c", "--conf", "--workspace", "--timeout"])?;
+    if let Some(w) = a.words.first() {
+        return Err(format!("sandbox run: unexpected {w:?} before --"));
+    }
+    let line = match command {
+        [] => return Err("sandbox run: no command after --".into()),
+        [one] => one.clone(),
+        many => many
+            .iter()
+            .map(|w| shell_quote(w))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let config = Config::load_for_store(a.get("-c").or(a.get("--conf")))
+        .map_err(|errors| format!("invalid configuration\n{errors}"))?;
+    let sandbox = &config.sandbox;
+    let workspace = match a.get("--workspace") {
+        Some(dir) => {
+            let dir = std::path::PathBuf::from(dir);
+            crate::sandbox::prepare_workspace(sandbox, &dir).map_err(|e| e.to_string())?;
+            dir
+        }
+        None => crate::sandbox::new_workspace(sandbox).map_err(|e| e.to_string())?,
+    };
+    let timeout = a.number("--timeout")?.map(std::time::Duration::from_secs);
+    let outcome =
+        crate::sandbox::run(sandbox, &workspace, &line, timeout).map_err(|e| e.to_string())?;
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(outcome.stdout.text().as_bytes());
+    let _ = std::io::stderr().write_all(outcome.stderr.text().as_bytes());
+    if outcome.timed_out {
+        eprintln!(
+            "lynkr: sandbox: the command ran past its {} ms and was killed",
+            timeout.map_or(sandbox.timeout_ms, |t| t.as_millis() as u64)
+        );
+    }
+    Ok(outcome.code)
+}
+
+/// `word` as one shell word: single-quoted unless plainly safe.
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// `lynkr usage ...`: exit status.

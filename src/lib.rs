@@ -11,6 +11,7 @@ pub mod protocol;
 pub mod providers;
 pub mod resilience;
 pub mod routing;
+pub mod sandbox;
 pub mod server;
 pub mod store;
 pub mod upstream;

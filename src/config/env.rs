@@ -49,6 +49,27 @@ pub(super) fn apply(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -
         &mut config.limits.max_body_bytes,
         &mut problems,
     );
+    if let Some(v) = get("WORKSPACE_ROOT") {
+        config.sandbox.workspace_root = v;
+    }
+    parse_into(
+        &get,
+        "MCP_SANDBOX_TIMEOUT_MS",
+        &mut config.sandbox.timeout_ms,
+        &mut problems,
+    );
+    parse_into(
+        &get,
+        "MCP_SANDBOX_PIDS_LIMIT",
+        &mut config.sandbox.pids,
+        &mut problems,
+    );
+    if let Some(v) = get("MCP_SANDBOX_MEMORY_LIMIT") {
+        match super::parse_bytes(&v) {
+            Ok(n) => config.sandbox.memory_bytes = n,
+            Err(e) => problems.push(Problem::new("MCP_SANDBOX_MEMORY_LIMIT", e)),
+        }
+    }
     if let Some(v) = get("LYNKR_DB_PATH") {
         config.store.path = v;
     }

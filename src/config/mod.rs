@@ -7,6 +7,7 @@ mod env;
 mod pool;
 mod resilience;
 mod routing;
+mod sandbox;
 mod validate;
 
 pub use pool::{EndpointConfig, HealthCheckConfig, ProbeKind, Selection};
@@ -14,6 +15,7 @@ pub use resilience::{
     BreakerConfig, RateLimitConfig, ResilienceConfig, RetryConfig, SheddingConfig,
 };
 pub use routing::{Balance, LongContextRoute, RoutingConfig, RuleConfig, Targets};
+pub use sandbox::{parse_bytes, SandboxConfig};
 
 pub use validate::AZURE_DEFAULT_API_VERSION;
 
@@ -38,6 +40,7 @@ pub struct Config {
     pub resilience: ResilienceConfig,
     pub store: StoreConfig,
     pub auth: AuthConfig,
+    pub sandbox: SandboxConfig,
 }
 
 /// The SQLite file that holds keys and the usage ledger.

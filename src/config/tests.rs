@@ -449,3 +449,35 @@ fn endpoint_pools_are_checked() {
         Some((10_000, 2))
     );
 }
+
+#[test]
+fn the_original_sandbox_variables_set_the_sandbox() {
+    let c = Config::load_with_env(
+        None,
+        &env_of(&[
+            ("WORKSPACE_ROOT", "/srv/ws"),
+            ("MCP_SANDBOX_TIMEOUT_MS", "1500"),
+            ("MCP_SANDBOX_MEMORY_LIMIT", "512m"),
+            ("MCP_SANDBOX_PIDS_LIMIT", "10"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.sandbox.workspace_root(),
+        std::path::PathBuf::from("/srv/ws")
+    );
+    assert_eq!(
+        (c.sandbox.timeout_ms, c.sandbox.memory_bytes, c.sandbox.pids),
+        (1500, 512 << 20, 10)
+    );
+    // The embedded default documents the same defaults as the code.
+    assert_eq!(
+        Config::load_with_env(None, &env_of(&[])).unwrap().sandbox,
+        crate::config::SandboxConfig::default()
+    );
+    let bad = Config::load_with_env(None, &env_of(&[("MCP_SANDBOX_MEMORY_LIMIT", "lots")]));
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .contains("MCP_SANDBOX_MEMORY_LIMIT"));
+}

@@ -10,4 +10,5 @@ mod operations;
 mod pools;
 mod providers;
 mod resilience;
+mod sandbox;
 mod sdk;
