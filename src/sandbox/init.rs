@@ -72,7 +72,7 @@ fn run() -> Result<Report, String> {
     unistd::dup2_stdin(&null).map_err(|e| format!("stdin: {e}"))?;
 
     let (outside_uid, outside_gid) = if unistd::geteuid().is_root() {
-        (spec.uid, spec.gid)
+        (spec.settings.uid, spec.settings.gid)
     } else {
         (unistd::geteuid().as_raw(), unistd::getegid().as_raw())
     };
@@ -364,7 +364,7 @@ fn build_root(spec: &Spec) -> Result<(), String> {
         Some("size=16m,mode=0755"),
     )
     .map_err(|e| bad("the root tmpfs", e))?;
-    for host in &spec.ro_binds {
+    for host in &spec.settings.ro_binds {
         let path = Path::new(host);
         let Ok(meta) = std::fs::symlink_metadata(path) else {
             continue; // absent on this host
@@ -393,7 +393,7 @@ fn build_root(spec: &Spec) -> Result<(), String> {
         &tmp,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(format!("size={},mode=1777", spec.tmp_bytes).as_str()),
+        Some(format!("size={},mode=1777", spec.settings.tmp_bytes).as_str()),
     )
     .map_err(|e| bad("/tmp", e))?;
     let workspace = inside(root, "/workspace");
@@ -513,11 +513,11 @@ fn loopback_up() {
 /// In the forked child: limits, privileges, descriptors, then `sh -c`.
 fn exec_command(spec: &Spec) -> String {
     let limits = [
-        (Resource::RLIMIT_CPU, spec.cpu_seconds),
-        (Resource::RLIMIT_AS, spec.memory_bytes),
-        (Resource::RLIMIT_FSIZE, spec.file_size_bytes),
-        (Resource::RLIMIT_NOFILE, spec.open_files),
-        (Resource::RLIMIT_NPROC, spec.pids),
+        (Resource::RLIMIT_CPU, spec.settings.cpu_seconds),
+        (Resource::RLIMIT_AS, spec.settings.memory_bytes),
+        (Resource::RLIMIT_FSIZE, spec.settings.file_size_bytes),
+        (Resource::RLIMIT_NOFILE, spec.settings.open_files),
+        (Resource::RLIMIT_NPROC, spec.settings.pids),
         (Resource::RLIMIT_CORE, 0),
     ];
     for (resource, value) in limits {

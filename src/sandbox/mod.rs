@@ -33,16 +33,10 @@ pub struct Spec {
     /// An empty host directory the sandbox's root tmpfs is mounted on
     /// (inside its own mount namespace).
     pub root_dir: String,
-    pub ro_binds: Vec<String>,
+    /// The deadline of this command (`sandbox.timeout_ms`, or the caller's).
     pub timeout_ms: u64,
-    pub cpu_seconds: u64,
-    pub memory_bytes: u64,
-    pub pids: u64,
-    pub file_size_bytes: u64,
-    pub open_files: u64,
-    pub tmp_bytes: u64,
-    pub uid: u32,
-    pub gid: u32,
+    /// The limits, binds and ids.
+    pub settings: SandboxConfig,
 }
 
 /// The init's one-line report on fd 3.
@@ -160,16 +154,8 @@ pub fn run_with(
         command: command.to_string(),
         workspace: workspace.display().to_string(),
         root_dir: root_dir()?.display().to_string(),
-        ro_binds: config.ro_binds.clone(),
         timeout_ms: timeout.as_millis() as u64,
-        cpu_seconds: config.cpu_seconds,
-        memory_bytes: config.memory_bytes,
-        pids: config.pids,
-        file_size_bytes: config.file_size_bytes,
-        open_files: config.open_files,
-        tmp_bytes: config.tmp_bytes,
-        uid: config.uid,
-        gid: config.gid,
+        settings: config.clone(),
     };
     let (report_read, report_write) =
         nix::unistd::pipe().map_err(|e| SandboxError(format!("pipe: {e}")))?;
