@@ -25,6 +25,8 @@ Commands:
   usage          Sum the usage ledger by day, model, session, key or user
   sandbox        Run a command in the namespace sandbox, as the gateway
                  would (`lynkr sandbox help`)
+  policy         Say whether the command policy allows a command line, and
+                 the rule that decided (`lynkr policy check 'CMD'`)
   help           This text
 
 Without -c, the embedded default configuration is used; LYNKR_* environment
@@ -240,6 +242,57 @@ fn shell_quote(word: &str) -> String {
         word.to_string()
     } else {
         format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+pub const POLICY_HELP: &str = "\
+Usage: lynkr policy check [-c FILE] 'COMMAND LINE'
+
+Prints `allow: WHY` (exit 0) or `deny: WHY` (exit 1) for the line under the
+configuration's sandbox.policy (isolate or allowlist), sandbox.commands and
+sandbox.commands_file: the rule that decided, or the construct that could
+not be proven safe.
+";
+
+/// `lynkr policy ...`: exit status.
+pub fn policy(args: &[String]) -> i32 {
+    let run = || -> Result<i32, String> {
+        match args.first().map(String::as_str) {
+            Some("check") => {}
+            Some("help" | "--help" | "-h") => {
+                print!("{POLICY_HELP}");
+                return Ok(0);
+            }
+            _ => {
+                eprint!("{POLICY_HELP}");
+                return Err("policy: which command? (check)".into());
+            }
+        }
+        let a = Args::parse(&args[1..])?;
+        a.only(&["-c", "--conf"])?;
+        let [line] = a.words.as_slice() else {
+            return Err("policy check: give the command line as one argument".into());
+        };
+        let config = Config::load_for_store(a.get("-c").or(a.get("--conf")))
+            .map_err(|errors| format!("invalid configuration\n{errors}"))?;
+        let policy = crate::sandbox::policy::Policy::from_config(&config.sandbox)?;
+        Ok(match policy.decide(line) {
+            crate::sandbox::policy::Decision::Allow(why) => {
+                println!("allow: {why}");
+                0
+            }
+            crate::sandbox::policy::Decision::Deny(why) => {
+                println!("deny: {why}");
+                1
+            }
+        })
+    };
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lynkr: {e}");
+            2
+        }
     }
 }
 

@@ -19,6 +19,7 @@ fn main() {
         Some("usage") => std::process::exit(lynkr::cli::usage(&args[2..])),
         Some("budgets") => std::process::exit(lynkr::cli::budgets(&args[2..])),
         Some("sandbox") => std::process::exit(lynkr::cli::sandbox(&args[2..])),
+        Some("policy") => std::process::exit(lynkr::cli::policy(&args[2..])),
         // Internal: the sandbox's init, started by `sandbox::run`.
         Some(lynkr::sandbox::INIT_COMMAND) => lynkr::sandbox::init::main(),
         Some("help" | "--help" | "-h") => {

@@ -70,6 +70,19 @@ pub(super) fn apply(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -
             Err(e) => problems.push(Problem::new("MCP_SANDBOX_MEMORY_LIMIT", e)),
         }
     }
+    if let Some(v) = get("POLICY_SAFE_COMMANDS_ENABLED") {
+        match v.trim() {
+            "true" | "1" => config.sandbox.policy = crate::sandbox::policy::Mode::Allowlist,
+            "false" | "0" => config.sandbox.policy = crate::sandbox::policy::Mode::Isolate,
+            _ => problems.push(Problem::new(
+                "POLICY_SAFE_COMMANDS_ENABLED",
+                "must be true or false",
+            )),
+        }
+    }
+    if let Some(v) = get("POLICY_SAFE_COMMANDS_CONFIG") {
+        config.sandbox.commands_file = v;
+    }
     if let Some(v) = get("LYNKR_DB_PATH") {
         config.store.path = v;
     }

@@ -34,6 +34,15 @@ pub struct SandboxConfig {
     /// the sandbox's uid 1000). An unprivileged Lynkr maps its own.
     pub uid: u32,
     pub gid: u32,
+    /// `isolate` (anything runs, contained) or `allowlist` (only what
+    /// `commands` allows; `POLICY_SAFE_COMMANDS_ENABLED=true`).
+    pub policy: crate::sandbox::policy::Mode,
+    /// Allow and deny rules over parsed commands: `{allow: "git status"}`,
+    /// `{deny: "git push --force*"}`.
+    pub commands: Vec<crate::sandbox::policy::Rule>,
+    /// A YAML (or JSON) file with more rules, in the same form
+    /// (`POLICY_SAFE_COMMANDS_CONFIG`); empty: none.
+    pub commands_file: String,
 }
 
 impl Default for SandboxConfig {
@@ -60,6 +69,9 @@ impl Default for SandboxConfig {
             .to_vec(),
             uid: 65534,
             gid: 65534,
+            policy: crate::sandbox::policy::Mode::Isolate,
+            commands: Vec::new(),
+            commands_file: String::new(),
         }
     }
 }

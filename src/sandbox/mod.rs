@@ -10,6 +10,8 @@
 //! cannot be made, the answer is an error saying why.
 
 pub mod init;
+pub mod policy;
+pub mod shell;
 
 use crate::config::SandboxConfig;
 use serde::{Deserialize, Serialize};
@@ -257,3 +259,6 @@ fn capture(
         }
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -360,3 +360,54 @@ fn a_command_works_in_its_workspace_and_reports_its_status() {
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("put the command after --"));
 }
+
+#[test]
+fn policy_check_names_the_rule_that_decided() {
+    let dir = scratch_dir("policy");
+    let config = dir.join("lynkr.yaml");
+    std::fs::write(
+        &config,
+        "sandbox:\n  policy: allowlist\n  commands: [{allow: \"ls *\"}, {allow: \"git status\"}, {deny: \"git push --force*\"}]\n",
+    )
+    .unwrap();
+    let check = |line: &str, env: &[(&str, &str)]| {
+        let out = Command::new(lynkr_bin())
+            .args(["policy", "check", "-c"])
+            .arg(&config)
+            .arg(line)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+    assert_eq!(
+        check("git status", &[]),
+        (0, "allow: rule allow \"git status\"".into())
+    );
+    assert_eq!(
+        check("ls && rm -rf ~", &[]),
+        (1, "deny: no allow rule matches \"rm -rf ~\"".into())
+    );
+    assert_eq!(
+        check("git push origin --force", &[]),
+        (
+            1,
+            "deny: \"git\" is refused by rule deny \"git push --force*\"".into()
+        )
+    );
+    // POLICY_SAFE_COMMANDS_ENABLED=false is the isolate mode: contained, not refused.
+    let (code, said) = check("rm -rf x", &[("POLICY_SAFE_COMMANDS_ENABLED", "false")]);
+    assert_eq!((code, said.starts_with("allow: policy isolate")), (0, true));
+    // More rules from POLICY_SAFE_COMMANDS_CONFIG.
+    let rules = dir.join("rules.yaml");
+    std::fs::write(&rules, "- allow: \"rm -rf x\"\n").unwrap();
+    let path = rules.display().to_string();
+    let (code, _) = check(
+        "rm -rf x",
+        &[("POLICY_SAFE_COMMANDS_CONFIG", path.as_str())],
+    );
+    assert_eq!(code, 0);
+}
