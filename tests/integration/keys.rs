@@ -654,11 +654,18 @@ async fn a_keys_tokens_per_minute_count_the_estimate_then_the_answer() {
         )
     );
     assert_eq!(headers["x-should-retry"], "false");
-    let metrics = get_text(&gw.url("/metrics/prometheus")).await;
+    // One 429 and two 413s (counted as each request is logged, just after
+    // its answer is sent).
+    let wanted = "http_requests_rejected_total{reason=\"rate_limit_tokens\"} 3";
     assert!(
-        // One 429 and two 413s.
-        metrics.contains("http_requests_rejected_total{reason=\"rate_limit_tokens\"} 3"),
-        "{metrics}"
+        eventually(Duration::from_secs(3), || async {
+            get_text(&gw.url("/metrics/prometheus"))
+                .await
+                .contains(wanted)
+        })
+        .await,
+        "{}",
+        get_text(&gw.url("/metrics/prometheus")).await
     );
 }
 
@@ -854,7 +861,15 @@ async fn the_admin_api_makes_uses_changes_and_revokes_keys_and_reports_spend() {
     assert_eq!(status, 402, "{answer}");
 
     // Spend, usage and the session, from the ledger (an admin call writes
-    // the rows waiting for their batch first).
+    // the rows waiting for their batch first; a request hands its row over
+    // just after its answer is sent).
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            let (_, u) = admin(&base, "GET", "/admin/usage?by=key", token, None).await;
+            u["groups"][0]["requests"] == 4
+        })
+        .await
+    );
     let (status, listed) = admin(&base, "GET", "/admin/budgets", token, None).await;
     assert_eq!(status, 200);
     assert_eq!(listed["budgets"][0]["spent"], 3.0, "{listed}");
