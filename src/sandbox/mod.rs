@@ -9,6 +9,7 @@
 //! Nothing falls back to running a command unsandboxed: when namespaces
 //! cannot be made, the answer is an error saying why.
 
+pub mod editor;
 pub mod init;
 pub mod policy;
 pub mod shell;

@@ -283,3 +283,118 @@ mod properties {
         }
     }
 }
+
+// ---- the editor's path resolution ---------------------------------------------
+
+mod editor {
+    use super::super::editor::{Viewed, Workspace};
+    use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
+
+    fn workspace(tag: &str) -> (PathBuf, Workspace) {
+        let root = std::env::temp_dir().join(format!(
+            "lynkr-editor-{tag}-{}-{:x}",
+            std::process::id(),
+            crate::util::unique_id()
+        ));
+        let ws = root.join("ws");
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::write(root.join("outside.txt"), "secret beside the workspace\n").unwrap();
+        let w = Workspace::open(&ws, None, vec![".env".into()]).unwrap();
+        (ws, w)
+    }
+
+    #[test]
+    fn view_create_and_replace_inside_the_workspace() {
+        let (ws, w) = workspace("basic");
+        assert!(!w.create("src/main.py", "print('a')\nprint('b')\n").unwrap());
+        assert!(w
+            .create("/workspace/src/main.py", "one\ntwo\nthree\n")
+            .unwrap());
+        assert_eq!(
+            std::fs::read_to_string(ws.join("src/main.py")).unwrap(),
+            "one\ntwo\nthree\n"
+        );
+        assert_eq!(
+            w.view("src/main.py", Some((2, None))).unwrap(),
+            Viewed::File {
+                content: "two\nthree".into(),
+                start_line: 2,
+                num_lines: 2,
+                total_lines: 3
+            }
+        );
+        assert_eq!(
+            w.view("/workspace", None).unwrap(),
+            Viewed::Directory {
+                entries: vec!["src".into()]
+            }
+        );
+        let r = w.str_replace("src/main.py", "two", "2\n2b").unwrap();
+        assert_eq!(
+            (r.old_start, r.new_lines, r.lines.clone()),
+            (2, 2, vec!["2".into(), "2b".into()])
+        );
+        assert_eq!(
+            std::fs::read_to_string(ws.join("src/main.py")).unwrap(),
+            "one\n2\n2b\nthree\n"
+        );
+        let e = w.str_replace("src/main.py", "missing", "x").unwrap_err();
+        assert!(e.message.contains("not found"), "{e:?}");
+        w.create("dup.txt", "a a").unwrap();
+        let e = w.str_replace("dup.txt", "a", "b").unwrap_err();
+        assert!(e.message.contains("more than once"), "{e:?}");
+        assert_eq!(
+            w.view("nothing.txt", None).unwrap_err().code,
+            "file_not_found"
+        );
+    }
+
+    #[test]
+    fn every_way_out_is_refused() {
+        let (ws, w) = workspace("escape");
+        // Planted links: absolute, relative past the top, to a directory outside.
+        symlink("/etc/passwd", ws.join("abs")).unwrap();
+        symlink("../outside.txt", ws.join("rel")).unwrap();
+        symlink("..", ws.join("up")).unwrap();
+        symlink("/etc", ws.join("etcdir")).unwrap();
+        std::fs::create_dir(ws.join("d")).unwrap();
+        std::fs::create_dir(ws.join("src")).unwrap();
+        symlink("../../outside.txt", ws.join("d/deep")).unwrap();
+        for path in [
+            "../outside.txt",
+            "/workspace/../outside.txt",
+            "src/../../outside.txt",
+            "/etc/passwd",
+            "/workspace2/x",
+            "abs",
+            "rel",
+            "up/outside.txt",
+            "etcdir/passwd",
+            "d/deep",
+            "/proc/self/root/etc/passwd",
+            "/workspace/.env",
+            "config/.env",
+        ] {
+            let e = w.view(path, None).unwrap_err();
+            assert_ne!(e.code, "file_not_found", "{path}: {e:?}");
+            assert!(matches!(e.code, "invalid_tool_input"), "{path}: {e:?}");
+            assert!(w.create(path, "x").is_err(), "{path} written");
+            assert!(w.str_replace(path, "secret", "x").is_err(), "{path} edited");
+        }
+        assert_eq!(
+            std::fs::read_to_string(ws.parent().unwrap().join("outside.txt")).unwrap(),
+            "secret beside the workspace\n",
+            "nothing outside was changed"
+        );
+        // A link that stays inside is followed.
+        std::fs::write(ws.join("real.txt"), "inside\n").unwrap();
+        symlink("real.txt", ws.join("alias")).unwrap();
+        assert!(
+            matches!(w.view("alias", None).unwrap(), Viewed::File { content, .. } if content == "inside")
+        );
+        // Making directories does not follow a planted link out either.
+        assert!(w.create("up/made/x.txt", "x").is_err());
+        assert!(!ws.parent().unwrap().join("made").exists());
+    }
+}

@@ -411,3 +411,41 @@ fn policy_check_names_the_rule_that_decided() {
     );
     assert_eq!(code, 0);
 }
+
+/// A link a command plants in the workspace, then handed to the editor
+/// (which runs in the gateway, outside the namespaces): it cannot lead out.
+#[test]
+fn a_symlink_planted_by_a_command_does_not_lead_the_editor_out() {
+    use lynkr::sandbox::editor::Workspace;
+    let sb = Sandbox::new();
+    std::fs::write(
+        sb.workspace.parent().unwrap().join("beside.txt"),
+        "beside the workspace\n",
+    )
+    .unwrap();
+    let ran = sb.run(
+        "ln -s /etc/shadow shadow; ln -s .. up; ln -s /proc/1/root root1; mkdir d; ln -s ../../beside.txt d/b; echo ok > real; ln -s real fine",
+        5,
+    );
+    assert_eq!(ran.code, 0, "{}", ran.both());
+    let editor = Workspace::open(&sb.workspace, None, vec![".env".into()]).unwrap();
+    for path in [
+        "shadow",
+        "up/beside.txt",
+        "root1/etc/shadow",
+        "d/b",
+        "/workspace/up/beside.txt",
+    ] {
+        let e = editor.view(path, None).unwrap_err();
+        assert_eq!(e.code, "invalid_tool_input", "{path}: {e:?}");
+        assert!(editor.create(path, "x").is_err(), "{path}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(sb.workspace.parent().unwrap().join("beside.txt")).unwrap(),
+        "beside the workspace\n"
+    );
+    assert!(
+        editor.view("fine", None).is_ok(),
+        "a link inside is followed"
+    );
+}
