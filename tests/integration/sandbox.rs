@@ -449,3 +449,35 @@ fn a_symlink_planted_by_a_command_does_not_lead_the_editor_out() {
         "a link inside is followed"
     );
 }
+
+/// Where namespaces cannot be made, the command is refused with the
+/// reason, and never runs unsandboxed. Simulated inside a user namespace
+/// of the test's own whose limit of nested user namespaces is 0 (the
+/// host's setting is left alone; `unshare` is util-linux's).
+#[test]
+fn without_namespaces_a_command_is_refused_not_run_unsandboxed() {
+    let dir = scratch_dir("no-namespaces");
+    let workspace = dir.join("ws");
+    std::fs::create_dir_all(&workspace).unwrap();
+    let config = dir.join("lynkr.yaml");
+    // Inside that namespace only its root is mapped: the workspace stays root's.
+    std::fs::write(&config, "sandbox:\n  uid: 0\n  gid: 0\n").unwrap();
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces && exec {} sandbox run -c {} --workspace {} -- 'touch /workspace/ran'",
+        lynkr_bin().display(),
+        config.display(),
+        workspace.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-U", "-r", "sh", "-c", &script])
+        .output()
+        .expect("run unshare (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("cannot create the sandbox's namespaces")
+            && stderr.contains("refused rather than run unsandboxed"),
+        "{stderr}"
+    );
+    assert!(!workspace.join("ran").exists(), "the command never ran");
+}
