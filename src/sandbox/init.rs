@@ -314,7 +314,8 @@ fn mount_flags_of(path: &Path) -> MsFlags {
     m
 }
 
-/// Bind `source` at `target`, read-only unless `writable`.
+/// Bind `source` at `target` (nosuid, nodev), read-only unless `writable`.
+/// The four devices are bound by `minimal_dev`, not here.
 fn bind(source: &Path, target: &Path, writable: bool) -> Result<(), String> {
     let none: Option<&str> = None;
     mount(
@@ -325,13 +326,13 @@ fn bind(source: &Path, target: &Path, writable: bool) -> Result<(), String> {
         none,
     )
     .map_err(|e| bad(&format!("bind {}", source.display()), e))?;
-    let mut flags =
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | mount_flags_of(source);
+    let mut flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | mount_flags_of(source);
     if !writable {
         flags |= MsFlags::MS_RDONLY;
-    }
-    if source.is_dir() || !source.starts_with("/dev") {
-        flags |= MsFlags::MS_NODEV;
     }
     mount(none, target, none, flags, none)
         .map_err(|e| bad(&format!("remount {}", target.display()), e))
